@@ -1,0 +1,5 @@
+"""`python -m genaug` is the `genaug` command."""
+
+from genaug.cli.app import main
+
+main()

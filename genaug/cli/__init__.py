@@ -1,0 +1,1 @@
+"""The `genaug` command line: parses, prints, exits. No logic lives here."""

@@ -1,0 +1,441 @@
+"""The typer app behind the `genaug` command.
+
+Every command turns a `GenaugError` (bad input) into one line on stderr and
+exit code 2; anything unexpected becomes one line and exit code 1
+(`GENAUG_DEBUG=1` shows the traceback). Progress and summaries go to
+stderr, results (tables) to stdout.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from genaug import __version__
+from genaug.errors import GenaugError
+
+app = typer.Typer(
+    name="genaug",
+    help="Generative models as data-quality tools for image datasets: outliers, rebalancing, synthesis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def main() -> None:
+    """Entry point of the `genaug` console script."""
+    app()
+
+
+def handles_errors(command):
+    """Turn errors into one line and a non-zero exit instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except GenaugError as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as e:  # a bug, not the user's input: still one line
+            if os.environ.get("GENAUG_DEBUG"):
+                raise
+            msg = (str(e).strip().splitlines() or [""])[0]
+            err.print(
+                f"[red]internal error:[/red] {type(e).__name__}: {msg} (GENAUG_DEBUG=1 shows the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"genaug {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """genaug: find outliers, rebalance and synthesize image datasets with generative models."""
+
+
+# -- shared options -----------------------------------------------------------
+DataArg = Annotated[str, typer.Argument(help="Image folder, .parquet, .npz, or a built-in dataset name (digits).")]
+ImageSize = Annotated[Optional[str], typer.Option("--image-size", help="Resize every image to N or HxW pixels.")]
+ColorMode = Annotated[Optional[str], typer.Option("--mode", help="Force 'gray' or 'rgb'; default keeps the data's.")]
+ImageColumn = Annotated[Optional[str], typer.Option(help="Parquet column holding the images (default: auto).")]
+LabelColumn = Annotated[Optional[str], typer.Option(help="Parquet column holding labels (default: 'label' if present).")]
+IdColumn = Annotated[Optional[str], typer.Option(help="Parquet column holding ids (default: 'id' if present).")]
+Family = Annotated[str, typer.Option("--model", help="Model family to train (see `genaug info --models`).")]
+Epochs = Annotated[Optional[int], typer.Option(help="Maximum training epochs (early stopping may end sooner).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Training batch size.")]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Learning rate.")]
+Device = Annotated[str, typer.Option(help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")]
+Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result on CPU.")]
+ModelOption = Annotated[
+    Optional[list[str]], typer.Option("--model-option", help="Model constructor option KEY=VALUE, e.g. latent_dim=32.")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
+Trim = Annotated[
+    Optional[float],
+    typer.Option(help="Share of each batch's worst-fit images left out of training (default: 0.1 in self-audit, 0 in fit)."),
+]
+IwaeK = Annotated[Optional[int], typer.Option(help="Importance samples for the likelihood bound (1 = ELBO).")]
+
+
+def _load(data, image_size, mode, image_column, label_column, id_column):
+    from genaug.data.readers import load_images
+
+    return load_images(
+        data,
+        image_size=_parse_size(image_size),
+        mode=mode,
+        image_column=image_column,
+        label_column=label_column,
+        id_column=id_column,
+    )
+
+
+def _parse_size(text: str | None):
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise GenaugError(f"--image-size takes N or HxW, got '{text}'") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise GenaugError(f"--image-size takes N or HxW with positive sizes, got '{text}'")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _model_options(pairs: list[str] | None) -> dict:
+    import json
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise GenaugError(f"--model-option takes KEY=VALUE, got '{pair}'")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def _train_config(epochs, batch_size, lr, device, seed, quiet, trim=None):
+    from genaug.train import TrainConfig
+
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    for name, value in overrides.items():
+        if value is not None and value <= 0:
+            raise GenaugError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return TrainConfig(
+        device=device,
+        seed=seed,
+        progress=not quiet,
+        trim_fraction=trim,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+
+
+def _check_output(output: Path, *inputs: str | None) -> Path:
+    """Refuse outputs that would overwrite an input or cannot be a file."""
+    if output.exists() and output.is_dir():
+        raise GenaugError(f"output is a folder, not a file: {output}")
+    for src in inputs:
+        if src and Path(src).exists() and Path(src).resolve() == output.resolve():
+            raise GenaugError(f"output would overwrite the input {src}; choose another -o")
+    return output
+
+
+def _command_line() -> str:
+    return shlex.join(["genaug", *sys.argv[1:]])
+
+
+# -- commands ---------------------------------------------------------------
+@app.command()
+@handles_errors
+def fit(
+    data: DataArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
+    family: Family = "vae",
+    conditional: Annotated[bool, typer.Option(help="Condition on labels (needed for synthesize --label).")] = False,
+    calibration_fraction: Annotated[float, typer.Option(help="Share held out to calibrate p-values.")] = 0.2,
+    iwae_k: IwaeK = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    trim: Trim = None,
+    device: Device = "auto",
+    seed: Seed = 0,
+    model_option: ModelOption = None,
+    image_size: ImageSize = None,
+    mode: ColorMode = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
+    id_column: IdColumn = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train a model on DATA, hold out a calibration split, and save it."""
+    from genaug.fit import DEFAULT_IWAE_K
+    from genaug.fit import fit as fit_model
+    from genaug.models.store import model_hash, save_model
+
+    if output.suffix != ".safetensors":
+        raise GenaugError(f"-o must end in .safetensors, got {output}")
+    _check_output(output, data)
+    images = _load(data, image_size, mode, image_column, label_column, id_column)
+    model = fit_model(
+        images,
+        family=family,
+        conditional=conditional,
+        model_options=_model_options(model_option),
+        calibration_fraction=calibration_fraction,
+        iwae_k=iwae_k or DEFAULT_IWAE_K,
+        train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim),
+        console=None if quiet else err,
+    )
+    model.metadata["command"] = _command_line()
+    save_model(model, output)
+    if not quiet:
+        n_cal = model.metadata["data"]["n_calibration"]
+        err.print(f"saved {model.name} ({model_hash(model)}) to {output}; {n_cal} calibration scores stored")
+
+
+@app.command("detect-outliers")
+@handles_errors
+def detect_outliers(
+    data: DataArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
+    model_path: Annotated[
+        Optional[Path], typer.Option(help="Fitted checkpoint (reference mode); without it, self-audit.")
+    ] = None,
+    family: Family = "vae",
+    score: Annotated[str, typer.Option(help="auto (= complexity), nll or complexity.")] = "auto",
+    fdr: Annotated[float, typer.Option(help="False discovery rate for Benjamini-Hochberg flags.")] = 0.05,
+    contamination: Annotated[
+        Optional[float], typer.Option(help="Flag this share of images instead of using --fdr.")
+    ] = None,
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds in self-audit mode.")] = 2,
+    iwae_k: IwaeK = None,
+    top: Annotated[int, typer.Option(help="Rows of the top-outlier table to print.")] = 10,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    trim: Trim = None,
+    device: Device = "auto",
+    seed: Seed = 0,
+    model_option: ModelOption = None,
+    image_size: ImageSize = None,
+    mode: ColorMode = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
+    id_column: IdColumn = None,
+    quiet: Quiet = False,
+) -> None:
+    """Score every image of DATA, flag outliers, and write a ranked Parquet file."""
+    from genaug.detect import detect_outliers as run_detection
+    from genaug.models.store import load_model
+    from genaug.train import resolve_device
+
+    _check_output(output, data)
+    images = _load(data, image_size, mode, image_column, label_column, id_column)
+    model = load_model(model_path, device=resolve_device(device)) if model_path is not None else None
+    result = run_detection(
+        images,
+        model=model,
+        family=family,
+        model_options=_model_options(model_option),
+        score=score,
+        fdr=fdr,
+        contamination=contamination,
+        folds=folds,
+        iwae_k=iwae_k,
+        train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim),
+        console=None if quiet else err,
+    )
+    if model_path is not None:
+        result.settings["model_path"] = str(model_path)
+    result.write(output, command=_command_line())
+    _print_top(result, top)
+    rule = result.settings["flag_rule"]
+    out.print(
+        f"flagged {result.n_flagged} of {len(images)} images ({rule}, {result.settings['mode']}, "
+        f"score {result.settings['score']}) -> {output}",
+        highlight=False,
+    )
+
+
+def _print_top(result, n: int) -> None:
+    if n <= 0:
+        return
+    table = Table(title=f"top {min(n, len(result.data))} outliers", title_justify="left")
+    for name in ("rank", "index", "id", "label", "score", "bits/dim", "p-value", "flagged"):
+        table.add_column(name, justify="left" if name == "id" else "right")
+    labels, names = result.data.labels, result.data.class_names
+    for i in result.top(n):
+        label = "" if labels is None else (names[labels[i]] if names else str(labels[i]))
+        table.add_row(
+            str(result.rank[i]),
+            str(i),
+            result.data.ids[i],
+            label,
+            f"{result.score[i]:.3f}",
+            f"{result.bits_per_dim[i]:.3f}",
+            f"{result.p_value[i]:.2g}",
+            "yes" if result.is_outlier[i] else "",
+        )
+    out.print(table)
+
+
+@app.command()
+@handles_errors
+def info(
+    path: Annotated[Optional[str], typer.Argument(help="A dataset, a checkpoint (.safetensors) or a genaug Parquet output.")] = None,
+    models: Annotated[bool, typer.Option("--models", help="List the model families.")] = False,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
+) -> None:
+    """Summarise a dataset, a checkpoint, or the available model families."""
+    if models or path is None:
+        from genaug.models.registry import available_families
+
+        out.print("model families: " + ", ".join(available_families()))
+        return
+    if path.endswith(".safetensors"):
+        _info_checkpoint(path)
+    else:
+        _info_dataset(path, image_column, label_column)
+
+
+def _info_checkpoint(path: str) -> None:
+    from genaug.checkpoint import read_metadata
+
+    meta = read_metadata(path)
+    table = Table(title=f"checkpoint {path}", show_header=False, title_justify="left")
+    table.add_column("field")
+    table.add_column("value")
+    data = meta.get("data", {})
+    cal = meta.get("calibration") or {}
+    training = meta.get("training") or {}
+    rows = {
+        "family": meta.get("family"),
+        "image shape (C,H,W)": meta.get("image_shape"),
+        "conditional classes": meta.get("num_classes") or "no",
+        "options": meta.get("init_args"),
+        "class names": meta.get("class_names"),
+        "trained on": f"{data.get('source')} ({data.get('n_train')} images, fingerprint {str(data.get('fingerprint'))[:12]})",
+        "calibration scores": len(cal.get("bits_per_dim", [])),
+        "training": training.get("summary", training),
+        "genaug version": meta.get("genaug_version"),
+    }
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+def _info_dataset(path: str, image_column, label_column) -> None:
+    import numpy as np
+
+    images = _load(path, None, None, image_column, label_column, None)
+    c, h, w = images.shape
+    out.print(f"{images.source}: {len(images)} images, {c}x{h}x{w} (C x H x W), uint8", highlight=False)
+    if images.labels is not None:
+        counts = np.bincount(images.labels, minlength=images.num_classes)
+        names = images.class_names or [str(i) for i in range(len(counts))]
+        out.print("classes: " + ", ".join(f"{n} ({k})" for n, k in zip(names, counts)), highlight=False)
+    else:
+        out.print("no labels")
+    if path.endswith((".parquet", ".pq")):
+        from genaug.data.parquet import read_genaug_metadata
+
+        meta = read_genaug_metadata(path)
+        if meta:
+            out.print(f"written by genaug {meta.get('version')}: {meta.get('command') or meta.get('job')}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def synthesize(
+    model_path: Annotated[Path, typer.Option(help="Fitted checkpoint to sample from.")],
+    n: Annotated[int, typer.Option("-n", "--n", help="Number of synthetic images.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
+    label: Annotated[Optional[str], typer.Option(help="Class (index or name) to sample; needs a conditional model.")] = None,
+    temperature: Annotated[float, typer.Option(help="Prior temperature: <1 safer, >1 more diverse.")] = 1.0,
+    filter_fdr: Annotated[
+        Optional[float], typer.Option(help="Reject samples BH flags as outliers against the real data at this FDR.")
+    ] = None,
+    device: Device = "auto",
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Sample N synthetic images from a fitted model into a Parquet file."""
+    from genaug.data.parquet import write_image_table
+    from genaug.models.store import load_model
+    from genaug.synthesize import synthesize as run_synthesis
+    from genaug.train import resolve_device
+
+    _check_output(output, str(model_path))
+    model = load_model(model_path, device=resolve_device(device))
+    result = run_synthesis(
+        model,
+        n,
+        label=_class_index(label, model.metadata.get("class_names")),
+        temperature=temperature,
+        filter_fdr=filter_fdr,
+        seed=seed,
+        console=None if quiet else err,
+    )
+    write_image_table(
+        output,
+        result.data,
+        result.columns(),
+        index=[None] * len(result.data),
+        genaug_metadata={
+            "version": __version__,
+            "job": "synthesize",
+            "command": _command_line(),
+            "model_path": str(model_path),
+            "model_hash": result.model_hash,
+            "n_drawn": result.n_drawn,
+            **result.settings,
+        },
+    )
+    kept = f" (kept {n} of {result.n_drawn} drawn)" if filter_fdr is not None else ""
+    out.print(f"wrote {n} synthetic images{kept} -> {output}", highlight=False)
+
+
+def _class_index(label: str | None, class_names: list[str] | None) -> int | None:
+    """A class given by name (preferred) or index."""
+    if label is None:
+        return None
+    if class_names and label in class_names:
+        return class_names.index(label)
+    try:
+        return int(label)
+    except ValueError:
+        raise GenaugError(f"--label '{label}' is not a class name ({', '.join(class_names or [])}) or index") from None

@@ -1,0 +1,212 @@
+"""Outlier and edge-case detection: score -> calibrate -> flag.
+
+Two modes:
+
+* **reference** — a model fitted on clean data (`genaug.fit`) carries
+  calibration scores; new images get split-conformal p-values against them
+  and are flagged by Benjamini-Hochberg at `fdr`, or by `contamination`.
+* **self-audit** — no clean reference: the data itself may hold the
+  outliers. Images are split into K folds and each fold is scored by a model
+  trained on the others (cross-fitting), so no image is scored by a model
+  that memorised it. p-values come from a robust normal fit to the bulk of
+  the out-of-fold scores (median/MAD), flagged by BH at `fdr`; or, when
+  `contamination` is given, the top `contamination` share is flagged. The
+  fold models train with a trimmed likelihood (`SELF_AUDIT_TRIM`) so the
+  outliers in their training folds are not learned as normal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from rich.console import Console
+
+from genaug import __version__
+from genaug.data.imageset import ImageSet
+from genaug.data.parquet import image_table, write_table
+from genaug.errors import GenaugError
+from genaug.fit import DEFAULT_IWAE_K, new_model, train_on
+from genaug.models.base import GenerativeModel
+from genaug.models.store import load_model, model_hash
+from genaug.scoring import RawScores, resolve_score, score_images, score_values
+from genaug.scoring.calibration import (
+    benjamini_hochberg,
+    check_fraction,
+    conformal_p_values,
+    rank_descending,
+    robust_p_values,
+    top_fraction,
+)
+from genaug.train import TrainConfig
+
+DEFAULT_FDR = 0.05
+DEFAULT_FOLDS = 2
+# Self-audit trains on data that may hold the outliers; leaving each batch's
+# worst-fit 10% out of the gradient keeps up to ~10% contamination from being
+# learned (on digits + 3% foreign images: AUROC 0.94 untrimmed -> 0.998).
+SELF_AUDIT_TRIM = 0.1
+
+
+@dataclass
+class DetectionResult:
+    """Per-image scores, p-values and flags, in input order."""
+
+    data: ImageSet
+    score: np.ndarray
+    bits_per_dim: np.ndarray
+    p_value: np.ndarray
+    is_outlier: np.ndarray
+    rank: np.ndarray
+    settings: dict
+    png: list[bytes] = field(repr=False, default_factory=list)
+
+    @property
+    def n_flagged(self) -> int:
+        """How many images are flagged."""
+        return int(self.is_outlier.sum())
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The job's output columns, in schema order."""
+        return {
+            "score": self.score,
+            "bits_per_dim": self.bits_per_dim,
+            "p_value": self.p_value,
+            "is_outlier": self.is_outlier,
+            "rank": self.rank,
+        }
+
+    def table(self) -> pa.Table:
+        """The result as a pyarrow Table with the Parquet schema of DESIGN.md."""
+        return image_table(self.data, self.columns(), png=self.png or None)
+
+    def to_pandas(self):
+        """The result as a pandas DataFrame (image column holds PNG structs)."""
+        return self.table().to_pandas()
+
+    def write(self, path: str | Path, *, command: str | None = None) -> pa.Table:
+        """Write the result to Parquet atomically; returns the table written."""
+        table = self.table()
+        meta = {"version": __version__, "job": "detect-outliers", "command": command, **self.settings}
+        write_table(table, path, genaug_metadata=meta, class_names=self.data.class_names)
+        return table
+
+    def top(self, n: int = 10) -> list[int]:
+        """Positions of the `n` highest-scoring images, most anomalous first."""
+        return [int(i) for i in np.argsort(self.rank, kind="stable")[:n]]
+
+
+def detect_outliers(
+    data: ImageSet,
+    *,
+    model: GenerativeModel | str | Path | None = None,
+    family: str = "vae",
+    model_options: dict | None = None,
+    score: str = "auto",
+    fdr: float = DEFAULT_FDR,
+    contamination: float | None = None,
+    folds: int = DEFAULT_FOLDS,
+    iwae_k: int | None = None,
+    train_config: TrainConfig | None = None,
+    batch_size: int = 1024,
+    console: Console | None = None,
+) -> DetectionResult:
+    """Score every image of `data` and flag the outliers.
+
+    With `model` (a fitted model or a checkpoint path) the reference mode
+    is used; without it, self-audit by `folds`-fold cross-fitting trains
+    `family` models with `train_config`. Flags by BH at `fdr` unless
+    `contamination` (share of images to flag) is given.
+    """
+    kind = resolve_score(score)
+    check_fraction("fdr", fdr)
+    if contamination is not None:
+        check_fraction("contamination", contamination)
+    settings: dict = {"score": kind, "fdr": fdr, "contamination": contamination}
+
+    if model is not None:
+        if isinstance(model, (str, Path)):
+            settings["model_path"] = str(model)
+            model = load_model(model)
+        calibration = model.metadata.get("calibration")
+        if not calibration:
+            raise GenaugError("the model has no calibration scores: fit it with `genaug fit` / genaug.fit()")
+        k = int(iwae_k or calibration.get("iwae_k", DEFAULT_IWAE_K))
+        if k != calibration.get("iwae_k", DEFAULT_IWAE_K):
+            raise GenaugError(f"the model was calibrated with --iwae-k {calibration.get('iwae_k')}; score with the same k")
+        labels = data.label_tensor() if model.num_classes > 0 else None
+        raw = score_images(model, data.images, labels, k=k, batch_size=batch_size, console=console)
+        s = score_values(raw, kind)
+        cal = RawScores(
+            np.asarray(calibration["bits_per_dim"]), np.asarray(calibration["png_bits_per_dim"]), png=[]
+        )
+        p = conformal_p_values(score_values(cal, kind), s)
+        settings.update(mode="reference", model=model.name, model_hash=model_hash(model), iwae_k=k, n_calibration=len(cal.bits_per_dim))
+    else:
+        k = int(iwae_k or DEFAULT_IWAE_K)
+        raw = cross_fit_scores(
+            data, family=family, model_options=model_options, folds=folds, iwae_k=k,
+            train_config=train_config, batch_size=batch_size, console=console,
+        )
+        s = score_values(raw, kind)
+        p = robust_p_values(s)
+        trim = train_config.trim_fraction if train_config and train_config.trim_fraction is not None else SELF_AUDIT_TRIM
+        settings.update(mode="self-audit", model=family, folds=folds, iwae_k=k, trim_fraction=trim)
+
+    flags = top_fraction(s, contamination) if contamination is not None else benjamini_hochberg(p, fdr)
+    settings["flag_rule"] = f"top {contamination:.2%}" if contamination is not None else f"BH at fdr {fdr}"
+    return DetectionResult(
+        data=data,
+        score=s,
+        bits_per_dim=raw.bits_per_dim,
+        p_value=p,
+        is_outlier=flags,
+        rank=rank_descending(s),
+        settings=settings,
+        png=raw.png,
+    )
+
+
+def cross_fit_scores(
+    data: ImageSet,
+    *,
+    family: str = "vae",
+    model_options: dict | None = None,
+    folds: int = DEFAULT_FOLDS,
+    iwae_k: int = DEFAULT_IWAE_K,
+    train_config: TrainConfig | None = None,
+    batch_size: int = 1024,
+    console: Console | None = None,
+) -> RawScores:
+    """Out-of-fold raw scores: each image scored by a model trained on the other folds."""
+    if folds < 2:
+        raise GenaugError(f"--folds must be at least 2, got {folds}")
+    n = len(data)
+    if n < 2 * folds:
+        raise GenaugError(f"{n} images are too few for {folds}-fold self-audit")
+    config = train_config or TrainConfig()
+    if config.trim_fraction is None:
+        config = replace(config, trim_fraction=SELF_AUDIT_TRIM)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).numpy()
+    fold_of = np.empty(n, dtype=np.int64)
+    fold_of[perm] = np.arange(n) % folds
+    bpd = np.empty(n)
+    png_bpd = np.empty(n)
+    png: list[bytes] = [b""] * n
+    for f in range(folds):
+        held_out = np.flatnonzero(fold_of == f)
+        if console is not None:
+            console.print(f"[dim]self-audit fold {f + 1}/{folds}: training on {n - held_out.size} images[/dim]")
+        model = new_model(data, family, model_options=model_options)
+        train_on(model, data.subset(fold_of != f), config, console)
+        part = data.subset(held_out)
+        raw = score_images(model, part.images, k=iwae_k, batch_size=batch_size, seed=config.seed, console=console)
+        bpd[held_out] = raw.bits_per_dim
+        png_bpd[held_out] = raw.png_bits_per_dim
+        for i, b in zip(held_out, raw.png):
+            png[i] = b
+    return RawScores(bpd, png_bpd, png)
+

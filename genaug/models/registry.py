@@ -1,0 +1,53 @@
+"""Model families by name, built-in and third-party.
+
+Third-party packages register a family with an entry point in the group
+`genaug.models` whose value is the `GenerativeModel` subclass.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import entry_points
+
+from genaug.errors import GenaugError
+from genaug.models.base import GenerativeModel
+
+ENTRY_POINT_GROUP = "genaug.models"
+
+# name -> "module:Class"; imported lazily so `genaug --help` stays fast.
+_BUILTIN = {
+    "vae": "genaug.models.vae:VAE",
+}
+
+
+def available_families() -> list[str]:
+    """Names of every family: built-in and from installed plug-ins."""
+    names = set(_BUILTIN)
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def get_family(name: str) -> type[GenerativeModel]:
+    """The class registered under `name`."""
+    key = name.lower()
+    if key in _BUILTIN:
+        module, cls = _BUILTIN[key].split(":")
+        return getattr(import_module(module), cls)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == key:
+            family = ep.load()
+            if not (isinstance(family, type) and issubclass(family, GenerativeModel)):
+                raise GenaugError(f"plug-in '{key}' is not a GenerativeModel subclass")
+            return family
+    raise GenaugError(f"unknown model family '{name}'; available: {', '.join(available_families())}")
+
+
+def build_model(
+    family: str, image_shape: tuple[int, int, int], num_classes: int = 0, **init_args
+) -> GenerativeModel:
+    """A fresh model of `family` for images of `image_shape`."""
+    cls = get_family(family)
+    try:
+        return cls(image_shape=tuple(image_shape), num_classes=num_classes, **init_args)
+    except TypeError as e:
+        raise GenaugError(f"bad options for model '{family}': {e}") from None

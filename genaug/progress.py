@@ -1,0 +1,21 @@
+"""Rich progress bars for long work, silent when there is no console."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+@contextmanager
+def progress_bar(console: Console | None, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Yield `advance(n)`; draws a bar on `console` (stderr in the CLI), nothing when it is None."""
+    if console is None:
+        yield lambda n: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -1,0 +1,178 @@
+"""Synthetic images: sample a fitted model, optionally keep only plausible samples.
+
+`--filter-fdr F` treats every sample as a test point against the model's own
+calibration scores (held-out *real* images): samples whose conformal
+p-value BH flags at false discovery rate F look unlike the training data and
+are rejected, and more are drawn until `n` pass (or a round limit is hit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from genaug.data.imageset import ImageSet
+from genaug.errors import GenaugError
+from genaug.models.base import GenerativeModel
+from genaug.models.store import model_hash
+from genaug.progress import progress_bar
+from genaug.scoring import RawScores, score_images, score_values
+from genaug.scoring.calibration import benjamini_hochberg, check_fraction, conformal_p_values
+
+MAX_FILTER_ROUNDS = 20
+
+
+@dataclass
+class Synthesis:
+    """Synthetic images plus what a user needs to trust them."""
+
+    data: ImageSet
+    seed: int
+    model_hash: str
+    score: np.ndarray | None = None
+    p_value: np.ndarray | None = None
+    n_drawn: int = 0
+    settings: dict = field(default_factory=dict)
+
+    def columns(self) -> dict:
+        """Output columns after the image struct and label."""
+        n = len(self.data)
+        cols: dict = {
+            "synthetic": np.ones(n, dtype=bool),
+            "model_hash": [self.model_hash] * n,
+            "seed": np.full(n, self.seed, dtype=np.int64),
+        }
+        if self.score is not None:
+            cols["score"] = self.score
+            cols["p_value"] = self.p_value
+        return cols
+
+
+def sample_labels(model: GenerativeModel, n: int, label: int | None, generator: torch.Generator) -> torch.Tensor | None:
+    """Class labels for `n` samples: `label` for all, else uniform over classes; None if unconditional."""
+    if model.num_classes == 0:
+        if label is not None:
+            raise GenaugError("--label needs a class-conditional model (fit with --conditional)")
+        return None
+    if label is None:
+        return torch.randint(model.num_classes, (n,), generator=generator)
+    if not 0 <= label < model.num_classes:
+        names = model.metadata.get("class_names") or list(range(model.num_classes))
+        raise GenaugError(f"--label {label} is not a class of this model (0..{model.num_classes - 1}: {names})")
+    return torch.full((n,), label, dtype=torch.long)
+
+
+@torch.inference_mode()
+def draw(
+    model: GenerativeModel,
+    n: int,
+    *,
+    label: int | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator,
+    batch_size: int = 1024,
+    advance=None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`n` samples (uint8 on CPU) and their labels, in batches."""
+    labels = sample_labels(model, n, label, generator)
+    # Sampling noise is drawn on the model's device from a generator seeded from ours,
+    # so CPU and CUDA runs are each reproducible.
+    device_gen = torch.Generator(device=model.device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    chunks = []
+    for start in range(0, n, batch_size):
+        y = None if labels is None else labels[start : start + batch_size].to(model.device)
+        m = min(batch_size, n - start)
+        chunks.append(model.sample(m, y, generator=device_gen, temperature=temperature).cpu())
+        if advance is not None:
+            advance(m)
+    return torch.cat(chunks), labels
+
+
+def synthesize(
+    model: GenerativeModel,
+    n: int,
+    *,
+    label: int | None = None,
+    temperature: float = 1.0,
+    filter_fdr: float | None = None,
+    score: str = "auto",
+    seed: int = 0,
+    console: Console | None = None,
+) -> Synthesis:
+    """Draw `n` synthetic images from `model` (class `label` if given).
+
+    With `filter_fdr`, samples that BH flags against the model's calibration
+    scores at that FDR are rejected and replaced.
+    """
+    if "sample" not in model.capabilities:
+        raise GenaugError(f"model family '{model.name}' cannot sample")
+    if n < 1:
+        raise GenaugError(f"-n must be at least 1, got {n}")
+    if temperature <= 0:
+        raise GenaugError(f"--temperature must be positive, got {temperature}")
+    generator = torch.Generator().manual_seed(seed)
+    settings = {"n": n, "label": label, "temperature": temperature, "filter_fdr": filter_fdr, "seed": seed}
+    if filter_fdr is None:
+        with progress_bar(console, "sampling", n) as advance:
+            images, labels = draw(model, n, label=label, temperature=temperature, generator=generator, advance=advance)
+        return Synthesis(_as_imageset(model, images, labels, seed), seed, model_hash(model), n_drawn=n, settings=settings)
+
+    check_fraction("filter-fdr", filter_fdr)
+    calibration = model.metadata.get("calibration")
+    if not calibration:
+        raise GenaugError("--filter-fdr needs a model fitted with calibration scores (`genaug fit`)")
+    cal = RawScores(np.asarray(calibration["bits_per_dim"]), np.asarray(calibration["png_bits_per_dim"]), png=[])
+    cal_scores = score_values(cal, score)
+    k = int(calibration.get("iwae_k", 1))
+    kept_x, kept_y, kept_s, kept_p, drawn = [], [], [], [], 0
+    with progress_bar(console, "sampling + filtering", n) as advance:
+        for _ in range(MAX_FILTER_ROUNDS):
+            need = n - sum(len(x) for x in kept_x)
+            if need <= 0:
+                break
+            # Over-draw a little so one round usually suffices.
+            m = max(need + need // 4, 16)
+            images, labels = draw(model, m, label=label, temperature=temperature, generator=generator)
+            drawn += m
+            raw = score_images(model, images, labels, k=k, seed=seed)
+            s = score_values(raw, score)
+            p = conformal_p_values(cal_scores, s)
+            keep = ~benjamini_hochberg(p, filter_fdr)
+            idx = np.flatnonzero(keep)[:need]
+            kept_x.append(images[torch.from_numpy(idx)])
+            kept_y.append(None if labels is None else labels[torch.from_numpy(idx)])
+            kept_s.append(s[idx])
+            kept_p.append(p[idx])
+            advance(len(idx))
+    got = sum(len(x) for x in kept_x)
+    if got < n:
+        raise GenaugError(
+            f"only {got} of {n} samples passed --filter-fdr {filter_fdr} after {drawn} draws; "
+            "raise --filter-fdr, lower --temperature, or train the model longer"
+        )
+    labels = None if kept_y[0] is None else torch.cat(kept_y)
+    return Synthesis(
+        _as_imageset(model, torch.cat(kept_x), labels, seed),
+        seed,
+        model_hash(model),
+        score=np.concatenate(kept_s),
+        p_value=np.concatenate(kept_p),
+        n_drawn=drawn,
+        settings=settings,
+    )
+
+
+def _as_imageset(model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None, seed: int) -> ImageSet:
+    names = model.metadata.get("class_names")
+    # Ids name the model and seed so rows from different runs never collide.
+    prefix = f"synthetic-{model_hash(model)[:8]}-s{seed}"
+    return ImageSet(
+        images=images,
+        labels=None if labels is None else labels.numpy(),
+        class_names=names if labels is not None else None,
+        ids=[f"{prefix}-{i:06d}" for i in range(images.shape[0])],
+        source="synthetic",
+    )

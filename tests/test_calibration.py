@@ -1,0 +1,86 @@
+"""Calibration: conformal p-values are valid, BH controls false discoveries."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genaug.errors import GenaugError
+from genaug.scoring.calibration import (
+    benjamini_hochberg,
+    conformal_p_values,
+    rank_descending,
+    robust_p_values,
+    top_fraction,
+)
+
+
+def test_conformal_p_value_formula():
+    cal = np.array([1.0, 2.0, 3.0, 4.0])
+    p = conformal_p_values(cal, np.array([0.0, 2.0, 2.5, 5.0]))
+    # (1 + #{cal >= s}) / (n + 1)
+    np.testing.assert_allclose(p, [5 / 5, 4 / 5, 3 / 5, 1 / 5])
+
+
+def test_conformal_p_values_are_uniform_on_exchangeable_data():
+    rng = np.random.default_rng(0)
+    n_cal, n_test, trials = 99, 20, 500
+    p = np.concatenate(
+        [conformal_p_values(rng.normal(size=n_cal), rng.normal(size=n_test)) for _ in range(trials)]
+    )
+    # Marginally uniform on {1/100, ..., 1}: P(p <= a) = a at the grid points.
+    for a in (0.05, 0.1, 0.25, 0.5, 0.9):
+        assert abs(np.mean(p <= a) - a) < 0.02, a
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50), st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50))
+@settings(max_examples=50, deadline=None)
+def test_conformal_p_values_are_in_range_and_monotone(cal, test):
+    cal, test = np.array(cal), np.sort(np.array(test))
+    p = conformal_p_values(cal, test)
+    assert np.all(p > 0) and np.all(p <= 1)
+    assert np.all(np.diff(p) <= 1e-12)  # higher score -> smaller p
+
+
+def test_bh_flags_about_fdr_times_n_of_clean_data_at_most():
+    rng = np.random.default_rng(1)
+    fdr, n, trials = 0.1, 500, 100
+    flagged = [
+        benjamini_hochberg(conformal_p_values(rng.normal(size=999), rng.normal(size=n)), fdr).sum()
+        for _ in range(trials)
+    ]
+    # All nulls: FDR = P(any flag) <= fdr, and far fewer than fdr*n images are flagged.
+    assert np.mean(np.array(flagged) > 0) <= fdr + 0.05
+    assert np.mean(flagged) <= fdr * n
+
+
+def test_bh_finds_strong_outliers_and_matches_step_up_rule():
+    rng = np.random.default_rng(2)
+    cal = rng.normal(size=999)
+    scores = np.concatenate([rng.normal(size=480), rng.normal(loc=8.0, size=20)])
+    flags = benjamini_hochberg(conformal_p_values(cal, scores), 0.05)
+    assert flags[480:].all()
+    assert flags[:480].sum() <= 5
+    # The step-up rule by hand: the largest i with p_(i) <= i * q / m.
+    p = np.array([0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, 0.212, 0.216])
+    assert benjamini_hochberg(p, 0.05).tolist() == [True, True] + [False] * 8
+
+
+def test_robust_p_values_are_not_masked_by_outliers():
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([rng.normal(size=970), np.full(30, 50.0)])
+    p = robust_p_values(scores)
+    assert p[970:].max() < 1e-6
+    assert np.median(p[:970]) == pytest.approx(0.5, abs=0.08)
+
+
+def test_top_fraction_flags_exactly_the_highest_share():
+    scores = np.arange(100.0)
+    mask = top_fraction(scores, 0.05)
+    assert mask.sum() == 5 and mask[95:].all()
+    with pytest.raises(GenaugError):
+        top_fraction(scores, 1.5)
+
+
+def test_rank_one_is_most_anomalous_and_ties_keep_input_order():
+    assert rank_descending(np.array([0.5, 3.0, 3.0, -1.0])).tolist() == [3, 1, 2, 4]

@@ -1,0 +1,113 @@
+"""Detection end to end on digits: out-of-fold self-audit and the calibrated reference mode."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+import genaug
+from conftest import with_foreign_images
+from genaug.data.parquet import read_genaug_metadata
+from genaug.errors import GenaugError
+from genaug.train import TrainConfig
+
+FAST = TrainConfig(epochs=15, progress=False, seed=0)
+
+
+@pytest.fixture(scope="module")
+def contaminated(digits):
+    return with_foreign_images(digits, share=0.03, seed=0)
+
+
+@pytest.fixture(scope="module")
+def self_audit(contaminated):
+    data, _ = contaminated
+    return genaug.detect_outliers(data, train_config=FAST)
+
+
+@pytest.fixture(scope="module")
+def reference_model(digits):
+    # Fit on the first 1200 clean digits; the rest are new data.
+    return genaug.fit(digits.subset(np.arange(1200)), train_config=FAST)
+
+
+def test_self_audit_finds_foreign_images_in_digits(self_audit, contaminated):
+    _, foreign = contaminated
+    assert roc_auc_score(foreign, self_audit.score) > 0.95
+    flagged = self_audit.is_outlier
+    # Most foreign images are flagged, and most flags are foreign.
+    assert flagged[foreign].mean() >= 0.8
+    assert foreign[flagged].mean() >= 0.5
+
+
+def test_self_audit_scores_every_image_out_of_fold(self_audit, contaminated):
+    data, _ = contaminated
+    assert self_audit.settings["mode"] == "self-audit"
+    assert len(self_audit.score) == len(data) and np.isfinite(self_audit.score).all()
+    assert sorted(self_audit.rank.tolist()) == list(range(1, len(data) + 1))
+
+
+def test_contamination_flags_that_share(contaminated):
+    data, _ = contaminated
+    result = genaug.detect_outliers(data, contamination=0.05, train_config=TrainConfig(epochs=2, progress=False))
+    assert result.n_flagged == int(np.ceil(0.05 * len(data)))
+
+
+def test_reference_mode_p_values_are_calibrated_and_find_foreign_images(reference_model, digits):
+    clean_new = digits.subset(np.arange(1200, len(digits)))
+    clean = genaug.detect_outliers(clean_new, model=reference_model)
+    assert clean.settings["mode"] == "reference"
+    # Clean new data: p-values roughly uniform, few flags at fdr 0.05.
+    assert 0.35 < np.median(clean.p_value) < 0.65
+    assert clean.n_flagged <= 0.05 * len(clean_new) + 2
+
+    dirty, foreign = with_foreign_images(clean_new, share=0.05, seed=1)
+    result = genaug.detect_outliers(dirty, model=reference_model)
+    assert roc_auc_score(foreign, result.score) > 0.95
+    assert result.is_outlier[foreign].mean() >= 0.8
+    assert result.p_value[foreign].max() < 0.05
+
+
+def test_saved_model_scores_the_same_as_in_memory(reference_model, digits, tmp_path):
+    path = tmp_path / "model.safetensors"
+    genaug.save_model(reference_model, path)
+    data = digits.subset(np.arange(1200, 1300))
+    a = genaug.detect_outliers(data, model=reference_model)
+    b = genaug.detect_outliers(data, model=path)
+    np.testing.assert_allclose(a.score, b.score, rtol=1e-5)
+    np.testing.assert_array_equal(a.is_outlier, b.is_outlier)
+
+
+def test_written_parquet_has_the_documented_schema(reference_model, digits, tmp_path):
+    data = digits.subset(np.arange(1200, 1300))
+    path = tmp_path / "out.parquet"
+    genaug.detect_outliers(data, model=reference_model).write(path, command="test")
+    table = pq.read_table(path)
+    assert table.column_names == [
+        "index", "id", "image", "label", "score", "bits_per_dim", "p_value", "is_outlier", "rank"
+    ]
+    assert table["index"].to_pylist() == list(range(100))
+    assert table["id"].to_pylist() == data.ids
+    assert str(table.schema.field("image").type) == "struct<bytes: binary, path: string>"
+    meta = read_genaug_metadata(path)
+    assert meta["job"] == "detect-outliers" and meta["mode"] == "reference" and meta["model_hash"]
+
+
+def test_nll_and_complexity_scores_differ_by_the_png_code_length(reference_model, digits):
+    data = digits.subset(np.arange(1200, 1300))
+    nll = genaug.detect_outliers(data, model=reference_model, score="nll")
+    cx = genaug.detect_outliers(data, model=reference_model, score="complexity")
+    np.testing.assert_allclose(nll.bits_per_dim, cx.bits_per_dim)
+    assert np.all(cx.score < nll.score)  # complexity subtracts the (positive) PNG bits/dim
+
+
+def test_bad_settings_are_clear_errors(reference_model, digits):
+    data = digits.subset(np.arange(10))
+    with pytest.raises(GenaugError, match="fdr"):
+        genaug.detect_outliers(data, model=reference_model, fdr=2.0)
+    with pytest.raises(GenaugError, match="score"):
+        genaug.detect_outliers(data, model=reference_model, score="magic")
+    uncalibrated = genaug.fit(digits.subset(np.arange(50)), train_config=TrainConfig(epochs=1, progress=False))
+    uncalibrated.metadata.pop("calibration")
+    with pytest.raises(GenaugError, match="calibration"):
+        genaug.detect_outliers(data, model=uncalibrated)
