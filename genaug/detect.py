@@ -63,6 +63,7 @@ class DetectionResult:
     rank: np.ndarray
     settings: dict
     png: list[bytes] = field(repr=False, default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_flagged(self) -> int:
@@ -156,6 +157,9 @@ def detect_outliers(
         trim = train_config.trim_fraction if train_config and train_config.trim_fraction is not None else SELF_AUDIT_TRIM
         settings.update(mode="self-audit", model=family, folds=folds, iwae_k=k, trim_fraction=trim)
 
+    warnings = []
+    if settings["mode"] == "reference" and contamination is None:
+        warnings += bh_resolution_warning(settings["n_calibration"], len(data), fdr)
     flags = top_fraction(s, contamination) if contamination is not None else benjamini_hochberg(p, fdr)
     settings["flag_rule"] = f"top {contamination:.2%}" if contamination is not None else f"BH at fdr {fdr}"
     return DetectionResult(
@@ -167,7 +171,24 @@ def detect_outliers(
         rank=rank_descending(s),
         settings=settings,
         png=raw.png,
+        warnings=warnings,
     )
+
+
+def bh_resolution_warning(n_calibration: int, n_test: int, fdr: float) -> list[str]:
+    """A warning when too few calibration scores keep BH from flagging a handful of images.
+
+    The smallest conformal p-value is 1/(n_cal+1); BH rejects k images only
+    if k/m * fdr reaches it, so at least ceil(m / (fdr * (n_cal+1))) images
+    must be extreme before any is flagged.
+    """
+    k_min = int(np.ceil(n_test / (fdr * (n_calibration + 1)) - 1e-9))
+    if k_min <= max(1, 0.01 * n_test):
+        return []
+    return [
+        f"only {n_calibration} calibration scores: BH at fdr {fdr} flags nothing unless at least {k_min} "
+        f"({k_min / n_test:.1%}) of these {n_test} images are extreme; fit on more data or raise --calibration-fraction"
+    ]
 
 
 def cross_fit_scores(

@@ -61,12 +61,12 @@ def _bad_inputs(tmp_path):
     (corrupt / "x.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     mixed = tmp_path / "mixed"
     np.savez(tmp_path / "ok.npz", x=np.zeros((4, 8, 8), np.uint8))
-    from torchvision.io import write_png
     import torch
+    from PIL import Image
 
     mixed.mkdir()
-    write_png(torch.zeros(1, 8, 8, dtype=torch.uint8), str(mixed / "a.png"))
-    write_png(torch.zeros(1, 9, 9, dtype=torch.uint8), str(mixed / "b.png"))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(mixed / "a.png")
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(mixed / "b.png")
     pickle = tmp_path / "model.safetensors"
     torch.save({"w": torch.zeros(2)}, pickle)
     return {

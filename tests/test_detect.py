@@ -27,8 +27,9 @@ def self_audit(contaminated):
 
 @pytest.fixture(scope="module")
 def reference_model(digits):
-    # Fit on the first 1200 clean digits; the rest are new data.
-    return genaug.fit(digits.subset(np.arange(1200)), train_config=FAST)
+    # Fit on the first 1500 clean digits, half of them held out for calibration
+    # (BH needs n_cal well above n_test / fdr / n_outliers); the rest are new data.
+    return genaug.fit(digits.subset(np.arange(1500)), calibration_fraction=0.5, train_config=FAST)
 
 
 def test_self_audit_finds_foreign_images_in_digits(self_audit, contaminated):
@@ -54,7 +55,7 @@ def test_contamination_flags_that_share(contaminated):
 
 
 def test_reference_mode_p_values_are_calibrated_and_find_foreign_images(reference_model, digits):
-    clean_new = digits.subset(np.arange(1200, len(digits)))
+    clean_new = digits.subset(np.arange(1500, len(digits)))
     clean = genaug.detect_outliers(clean_new, model=reference_model)
     assert clean.settings["mode"] == "reference"
     # Clean new data: p-values roughly uniform, few flags at fdr 0.05.
@@ -68,10 +69,15 @@ def test_reference_mode_p_values_are_calibrated_and_find_foreign_images(referenc
     assert result.p_value[foreign].max() < 0.05
 
 
+def test_too_few_calibration_scores_is_a_warning(reference_model, digits):
+    result = genaug.detect_outliers(digits, model=reference_model, fdr=0.01)
+    assert result.warnings and "calibration scores" in result.warnings[0]
+
+
 def test_saved_model_scores_the_same_as_in_memory(reference_model, digits, tmp_path):
     path = tmp_path / "model.safetensors"
     genaug.save_model(reference_model, path)
-    data = digits.subset(np.arange(1200, 1300))
+    data = digits.subset(np.arange(1500, 1600))
     a = genaug.detect_outliers(data, model=reference_model)
     b = genaug.detect_outliers(data, model=path)
     np.testing.assert_allclose(a.score, b.score, rtol=1e-5)
@@ -79,7 +85,7 @@ def test_saved_model_scores_the_same_as_in_memory(reference_model, digits, tmp_p
 
 
 def test_written_parquet_has_the_documented_schema(reference_model, digits, tmp_path):
-    data = digits.subset(np.arange(1200, 1300))
+    data = digits.subset(np.arange(1500, 1600))
     path = tmp_path / "out.parquet"
     genaug.detect_outliers(data, model=reference_model).write(path, command="test")
     table = pq.read_table(path)
@@ -94,7 +100,7 @@ def test_written_parquet_has_the_documented_schema(reference_model, digits, tmp_
 
 
 def test_nll_and_complexity_scores_differ_by_the_png_code_length(reference_model, digits):
-    data = digits.subset(np.arange(1200, 1300))
+    data = digits.subset(np.arange(1500, 1600))
     nll = genaug.detect_outliers(data, model=reference_model, score="nll")
     cx = genaug.detect_outliers(data, model=reference_model, score="complexity")
     np.testing.assert_allclose(nll.bits_per_dim, cx.bits_per_dim)

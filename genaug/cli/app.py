@@ -281,6 +281,8 @@ def detect_outliers(
     if model_path is not None:
         result.settings["model_path"] = str(model_path)
     result.write(output, command=_command_line())
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     _print_top(result, top)
     rule = result.settings["flag_rule"]
     out.print(
@@ -439,3 +441,65 @@ def _class_index(label: str | None, class_names: list[str] | None) -> int | None
         return int(label)
     except ValueError:
         raise GenaugError(f"--label '{label}' is not a class name ({', '.join(class_names or [])}) or index") from None
+
+
+@app.command()
+@handles_errors
+def rebalance(
+    data: DataArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write (every input row + weights).")],
+    model_path: Annotated[Optional[Path], typer.Option(help="Fitted checkpoint; without it a model is trained on DATA.")] = None,
+    family: Family = "vae",
+    density: Annotated[str, typer.Option(help="Latent density: histogram (per dimension, DB-VAE), gmm or kde (joint).")] = "histogram",
+    bins: Annotated[int, typer.Option(help="Histogram bins per latent dimension.")] = 10,
+    alpha: Annotated[Optional[float], typer.Option(help="Smoothing: larger = closer to uniform weights.")] = None,
+    aggregate: Annotated[str, typer.Option(help="Combine dimensions by max (reference code) or product (paper).")] = "max",
+    per_class: Annotated[bool, typer.Option(help="Rebalance within each label.")] = False,
+    size: Annotated[Optional[int], typer.Option(help="Rows in the weighted resample (default: N).")] = None,
+    synthesize: Annotated[int, typer.Option(help="Add this many latent-SMOTE images of the rare regions.")] = 0,
+    resampled: Annotated[Optional[Path], typer.Option(help="Also write the resample, one row per draw.")] = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    device: Device = "auto",
+    seed: Seed = 0,
+    model_option: ModelOption = None,
+    image_size: ImageSize = None,
+    mode: ColorMode = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
+    id_column: IdColumn = None,
+    quiet: Quiet = False,
+) -> None:
+    """Weight images by the rarity of their latent code (DB-VAE) and resample."""
+    from genaug.models.store import load_model
+    from genaug.rebalance import DEFAULT_ALPHA
+    from genaug.rebalance import rebalance as run_rebalance
+    from genaug.train import resolve_device
+
+    _check_output(output, data)
+    if resampled is not None:
+        _check_output(resampled, data, str(output))
+    images = _load(data, image_size, mode, image_column, label_column, id_column)
+    model = load_model(model_path, device=resolve_device(device)) if model_path is not None else None
+    result = run_rebalance(
+        images,
+        model=model,
+        family=family,
+        model_options=_model_options(model_option),
+        train_config=_train_config(epochs, batch_size, lr, device, seed, quiet),
+        density=density,
+        bins=bins,
+        alpha=DEFAULT_ALPHA if alpha is None else alpha,
+        aggregate=aggregate,
+        per_class=per_class,
+        size=size,
+        synthesize=synthesize,
+        seed=seed,
+        console=None if quiet else err,
+    )
+    result.write(output, command=_command_line(), resampled_path=resampled)
+    out.print(str(result.summary), highlight=False)
+    extra = f" + {synthesize} synthetic rows" if synthesize else ""
+    also = f"; resample -> {resampled}" if resampled is not None else ""
+    out.print(f"wrote {len(images)} weighted rows{extra} -> {output}{also}", highlight=False)

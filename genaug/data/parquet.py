@@ -12,7 +12,7 @@ import io
 import json
 import os
 import struct
-import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,21 +27,37 @@ from genaug.data.imageset import ImageSet
 from genaug.errors import GenaugError
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+RESERVED_COLUMNS = ("index", "id", "image", "label")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PARALLEL_MIN_PIXELS = 16 * 16
+# Arrow names that differ from the `datasets` Value dtype names.
+_HF_DTYPES = {pa.float16(): "float16", pa.float32(): "float32", pa.float64(): "float64"}
 
 
 def encode_png(images: torch.Tensor, *, compress_level: int = 9, workers: int | None = None) -> list[bytes]:
-    """PNG bytes of each uint8 [N, C, H, W] image; deterministic, encoded in parallel threads.
+    """PNG bytes of each uint8 [N, C, H, W] image (C = 1 or 3), in order; deterministic.
 
-    Level 9 because the PNG length doubles as the complexity score's
-    compressor (Serrà et al. use the strongest setting). Pillow, not
-    torchvision.io, whose image codecs are deprecated since 0.29.
+    Pillow's encoder (torchvision.io's codecs are deprecated since 0.29)
+    runs in threads for images of 16x16 and up; zlib releases the GIL.
+    `workers` overrides that choice. Level 9 because the PNG
+    length doubles as the complexity score's compressor (Serrà et al. use
+    the strongest setting).
     """
-    # HWC (or HW for gray) numpy, the layout Pillow reads without a copy per image.
-    pixels = images.detach().cpu().permute(0, 2, 3, 1).numpy()
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"encode_png takes uint8 [N, C, H, W] with C in 1, 3; got {images.dtype} {tuple(images.shape)}"
+        )
+    images = images.detach().cpu().contiguous()
+    n, _, h, w = images.shape
+    if workers is None:
+        # Measured on 2 cores: threads lose on 8x8 images, win from ~28x28 up.
+        workers = min(8, os.cpu_count() or 1) if h * w >= _PARALLEL_MIN_PIXELS else 1
+    workers = max(1, workers)
+
+    # HWC (HW for gray) numpy, the layout Pillow reads.
+    pixels = images.permute(0, 2, 3, 1).numpy()
     if pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
-    workers = workers or min(8, os.cpu_count() or 1)
 
     def encode_one(array: np.ndarray) -> bytes:
         buffer = io.BytesIO()
@@ -51,10 +67,11 @@ def encode_png(images: torch.Tensor, *, compress_level: int = 9, workers: int | 
     def encode_range(bounds: tuple[int, int]) -> list[bytes]:
         return [encode_one(pixels[i]) for i in range(*bounds)]
 
-    n = pixels.shape[0]
+    # A few chunks per worker: one call per image would cost more in
+    # scheduling than encoding an 8x8 image.
     step = max(1, -(-n // (workers * 4)))
     chunks = [(s, min(n, s + step)) for s in range(0, n, step)]
-    if workers == 1 or len(chunks) == 1:
+    if workers == 1 or len(chunks) <= 1:
         return [b for c in chunks for b in encode_range(c)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return [b for part in pool.map(encode_range, chunks) for b in part]
@@ -63,16 +80,21 @@ def encode_png(images: torch.Tensor, *, compress_level: int = 9, workers: int | 
 def png_payload_bits(png: bytes) -> int:
     """Bits of the compressed pixel stream in a PNG: the IDAT chunks' data only.
 
-    Everything else (signature, IHDR, IEND, chunk lengths, types and CRCs) is
-    a fixed cost that says nothing about the image.
+    Everything else (the 8-byte signature, IHDR, IEND, and each chunk's
+    length, type and CRC) is a fixed cost that says nothing about the image
+    but dominates tiny ones: an 8x8 PNG is ~60% container.
     """
+    png = bytes(png)
     if not png.startswith(_PNG_SIGNATURE):
-        raise GenaugError("not a PNG")
+        raise ValueError("not a PNG: missing the PNG signature")
     pos, total = len(_PNG_SIGNATURE), 0
     while pos + 8 <= len(png):
         (length,) = struct.unpack(">I", png[pos : pos + 4])
-        if png[pos + 4 : pos + 8] == b"IDAT":
+        kind = png[pos + 4 : pos + 8]
+        if kind == b"IDAT":
             total += length
+        elif kind == b"IEND":
+            break
         pos += 12 + length  # length + type + data + crc
     return 8 * total
 
@@ -87,113 +109,153 @@ def image_table(
     """The output table: index, id, image struct, label, then `columns` in order.
 
     `png` reuses encodings made elsewhere (e.g. during scoring); `index`
-    defaults to 0..N-1 and may hold None for rows that are not inputs
-    (synthetic images).
+    defaults to 0..N-1 and may hold None (or be a masked array) for rows
+    that are not inputs, such as synthetic images. Column values may be
+    numpy arrays (a 2-D array becomes a fixed-size list per row), lists
+    (of lists) or pyarrow arrays.
     """
     n = len(imageset)
     png = png if png is not None else encode_png(imageset.images)
     if len(png) != n:
         raise GenaugError(f"{len(png)} PNG encodings for {n} images")
     paths = imageset.paths or [None] * n
+    labels = [None] * n if imageset.labels is None else imageset.labels
     arrays = {
-        "index": pa.array(np.arange(n) if index is None else index, type=pa.int64()),
+        "index": _checked("index", pa.array(np.arange(n) if index is None else index, type=pa.int64()), n),
         "id": pa.array(imageset.ids, type=pa.string()),
         "image": pa.StructArray.from_arrays(
             [pa.array(png, type=pa.binary()), pa.array(paths, type=pa.string())], fields=list(IMAGE_TYPE)
         ),
-        "label": pa.array(
-            [None] * n if imageset.labels is None else imageset.labels, type=pa.int64()
-        ),
+        "label": pa.array(labels, type=pa.int64()),
     }
     for name, values in (columns or {}).items():
         if name in arrays:
-            raise GenaugError(f"column '{name}' is reserved")
-        array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(_plain(values))
-        if len(array) != n:
-            raise GenaugError(f"column '{name}' has {len(array)} values for {n} images")
-        arrays[name] = array
+            raise GenaugError(f"column '{name}' is reserved ({', '.join(RESERVED_COLUMNS)})")
+        arrays[name] = _checked(name, _to_arrow(values), n)
     return pa.table(arrays)
 
 
-def _plain(values):
-    # numpy arrays convert directly; lists of numpy arrays need lists.
-    if isinstance(values, np.ndarray):
+def _checked(name: str, array, n: int):
+    if len(array) != n:
+        raise GenaugError(f"column '{name}' has {len(array)} values for {n} images")
+    return array
+
+
+def _to_arrow(values) -> pa.Array | pa.ChunkedArray:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values
-    return [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        # Zero-copy per-row vectors (e.g. latents) instead of N Python lists.
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+        return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    if isinstance(values, np.ndarray):
+        return pa.array(values)
+    return pa.array([v.tolist() if isinstance(v, np.ndarray) else v for v in values])
 
 
 def hf_features(schema: pa.Schema, class_names: list[str] | None = None) -> dict:
-    """The Hugging Face `datasets` features JSON for `schema`."""
+    """The Hugging Face `datasets` features JSON for `schema`.
+
+    Lists are written as `Sequence`, which every `datasets` version reads
+    (4.x turns it into `List`; 2.x-3.x know no `List`).
+    """
     features = {}
     for field in schema:
         if field.name == "image" and field.type == IMAGE_TYPE:
             features[field.name] = {"_type": "Image"}
-        elif field.name == "label" and class_names:
+        elif field.name == "label" and class_names and pa.types.is_integer(field.type):
             features[field.name] = {"names": list(class_names), "_type": "ClassLabel"}
         else:
-            features[field.name] = _hf_value(field.type)
+            features[field.name] = _hf_feature(field.type)
     return features
 
 
-def _hf_value(t: pa.DataType) -> dict:
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return {"feature": _hf_value(t.value_type), "_type": "Sequence"}
+def _hf_feature(t: pa.DataType):
+    if pa.types.is_dictionary(t):
+        return _hf_feature(t.value_type)
     if pa.types.is_struct(t):
-        return {f.name: _hf_value(f.type) for f in t}
-    name = {pa.string(): "string", pa.large_string(): "large_string", pa.binary(): "binary", pa.bool_(): "bool"}.get(t)
-    return {"dtype": name or str(t), "_type": "Value"}
+        return {f.name: _hf_feature(f.type) for f in t}
+    if pa.types.is_large_list(t):
+        return {"feature": _hf_feature(t.value_type), "_type": "LargeList"}
+    if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
+        feature = {"feature": _hf_feature(t.value_type), "_type": "Sequence"}
+        if pa.types.is_struct(t.value_type):
+            # Sequence of a dict means dict of lists to `datasets`; List keeps a list of structs.
+            feature["_type"] = "List"
+        if pa.types.is_fixed_size_list(t):
+            feature["length"] = t.list_size
+        return feature
+    return {"dtype": _HF_DTYPES.get(t, str(t)), "_type": "Value"}
 
 
 def write_table(
     table: pa.Table, path: str | os.PathLike, *, genaug_metadata: dict, class_names: list[str] | None = None
 ) -> None:
-    """Write `table` to `path` with `huggingface` and `genaug` metadata, atomically."""
+    """Write `table` to `path` with `huggingface` and `genaug` schema metadata, atomically.
+
+    The file appears complete or not at all: it is written to a hidden temp
+    file in the target folder (created if missing) and renamed over `path`;
+    on any error the temp file is removed and the error re-raised (a
+    filesystem error as a one-line GenaugError).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(table.schema.metadata or {})
     meta[b"huggingface"] = json.dumps({"info": {"features": hf_features(table.schema, class_names)}}).encode()
     meta[b"genaug"] = json.dumps(genaug_metadata, default=_json_default).encode()
     table = table.replace_schema_metadata(meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Not mkstemp: its 0600 mode would survive the rename and hide the output from other users.
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise GenaugError(f"cannot write {path}: {e.strerror or _first_line(e)}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, tuple)):
-        return list(value)
-    if isinstance(value, os.PathLike):
-        return str(value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, (os.PathLike, set, frozenset)):
+        return str(value) if isinstance(value, os.PathLike) else sorted(value)
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
 def write_image_table(
     path: str | os.PathLike,
     imageset: ImageSet,
-    columns: Mapping | None = None,
+    columns: Mapping[str, Sequence | np.ndarray | pa.Array] | None = None,
     *,
     png: list[bytes] | None = None,
-    index=None,
+    index: Sequence | np.ndarray | None = None,
     genaug_metadata: dict,
 ) -> pa.Table:
-    """`image_table` + `write_table` in one call; returns the table written."""
+    """`image_table` + `write_table` (class names from `imageset`); returns the table written."""
     table = image_table(imageset, columns, png=png, index=index)
     write_table(table, path, genaug_metadata=genaug_metadata, class_names=imageset.class_names)
     return table
 
 
 def read_genaug_metadata(path: str | os.PathLike) -> dict:
-    """The `genaug` metadata of a Parquet file written by genaug ({} if none)."""
+    """The `genaug` metadata of a Parquet file written by genaug ({} if it has none)."""
     try:
         meta = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowInvalid) as e:
-        raise GenaugError(f"cannot read Parquet file {path}: {str(e).splitlines()[0]}") from None
+    except (OSError, pa.ArrowException) as e:
+        raise GenaugError(f"cannot read Parquet file {path}: {_first_line(e)}") from None
     raw = meta.get(b"genaug")
-    return json.loads(raw) if raw else {}
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise GenaugError(f"{path} has unreadable genaug metadata") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
