@@ -1,0 +1,497 @@
+"""Rebalancing: latent density -> sampling weights -> resample / latent SMOTE.
+
+Pure functions over latent arrays `z` [N, d] (posterior means from
+`model.encode`); numpy in, numpy out. An image whose latent code sits where
+few others do gets a large weight, so a weighted resample shows the model's
+rare regions as often as its common ones.
+
+Papers:
+  * Amini et al. 2019, "Uncovering and Mitigating Algorithmic Bias through
+    Learned Latent Structure" (DB-VAE): per-dimension latent histograms,
+    smoothed, inverted; the paper combines dimensions by a product, the MIT
+    6.S191 reference code (`get_training_sample_probabilities`) by a max.
+  * Chawla et al. 2002, "SMOTE": new points on segments between a minority
+    point and one of its k nearest minority neighbours; here in latent space.
+  * Kish 1965, "Survey Sampling": effective sample size (sum w)^2 / sum w^2.
+  * Scott 1992, "Multivariate Density Estimation": the KDE bandwidth rule.
+
+Weights are `N * p_i` with `p_i` the sampling probability of image i: they
+are positive, finite, and have mean exactly 1 (1 = an ordinary image; 10 =
+drawn ten times as often as under uniform sampling).
+
+NOTE: alpha for histograms is probability mass added to every bin (bin
+masses sum to 1 before smoothing), not the reference code's `smoothing_fac`
+added to `np.histogram(density=True)`. The two are the same up to the bin
+width: the reference's (density + fac) normalised over bins equals
+(mass + fac * width) / const, and the per-dimension constant cancels.
+Mass units make alpha independent of the latent scale.
+NOTE: the default aggregate is "product" (the paper), not "max" (the lab
+code). On a constructed set (N=2000, d=12, 2% shifted by 4 in 3 dims) and on
+PCA-16 of digits with 2% inverted images, "max" stays below a 12.6% resampled
+rare share at every alpha (the main cluster's tails in any one of the d
+dimensions look as rare as the real rare group); "product" at
+alpha=0.15 gives ~12-15x the common weight and a ~22-24% rare share.
+NOTE: "product" sharpens with every dimension that separates the rare group;
+on wide latents (d >= 64) the default alpha can concentrate the weights on a
+few images: read `summary(weights).ess_fraction` and raise alpha if it is small.
+NOTE: gmm/kde are joint densities. A compact rare group can have a *higher*
+joint density than the broad main cluster (2% of the mass in a much smaller
+volume), so joint methods may up-weight it little, or even down-weight it;
+histograms measure mass at a coarse per-dimension resolution and do not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import WeightedRandomSampler
+
+from genaug.errors import GenaugError
+
+METHODS = ("histogram", "gmm", "kde")
+AGGREGATES = ("product", "max")
+DEFAULT_METHOD = "histogram"
+DEFAULT_AGGREGATE = "product"
+DEFAULT_BINS = 10
+# Smoothing per method (see `default_alpha`). `DEFAULT_ALPHA = None` means "the
+# method's own default": one number cannot serve all three scales below.
+DEFAULT_ALPHAS = {
+    # Bin mass added to every bin (a flat histogram has mass 1/bins = 0.1 per bin).
+    # Picked on the constructed and digits-PCA sets: 0.1 overshoots (rare share
+    # 35-37%, ESS 6-7% of N), 0.2 is borderline (16-17%), 0.15 gives 22-24%.
+    ("histogram", "product"): 0.15,
+    # The reference code's smoothing_fac=0.001 on unit-scale latents (bin width ~1).
+    # Smaller is sharper, but "max" cannot pass ~7x whatever alpha (see module NOTE).
+    ("histogram", "max"): 0.001,
+    # Density floor as a fraction of the typical (geometric-mean) density.
+    ("gmm", None): 0.01,
+    ("kde", None): 0.01,
+}
+DEFAULT_ALPHA = None
+# Weights below exp(-_MAX_LOG_RANGE) of the largest are floored there so every
+# weight stays positive and finite in float64 (exp(-700) ~ 1e-304).
+_MAX_LOG_RANGE = 700.0
+
+
+# -- density -----------------------------------------------------------------
+def default_alpha(method: str = DEFAULT_METHOD, aggregate: str = DEFAULT_AGGREGATE) -> float:
+    """The smoothing `alpha` used when none is given, for `method` (and `aggregate` for histograms)."""
+    _check_choice("method", method, METHODS)
+    _check_choice("aggregate", aggregate, AGGREGATES)
+    return DEFAULT_ALPHAS[(method, aggregate if method == "histogram" else None)]
+
+
+def latent_density(
+    z: np.ndarray,
+    *,
+    method: str = DEFAULT_METHOD,
+    bins: int = DEFAULT_BINS,
+    alpha: float | None = DEFAULT_ALPHA,
+    aggregate: str = DEFAULT_AGGREGATE,
+    seed: int = 0,
+    gmm_components: int | None = None,
+    kde_bandwidth: float | str | None = None,
+) -> np.ndarray:
+    """Smoothed latent density of every row of `z` [N, d]: the quantity the weights invert.
+
+    Returned on a relative scale (geometric mean 1 over the N points): only
+    ratios between images are meaningful. `sampling_weights` is `1 / density`
+    normalised to mean 1, so the lowest density is the highest weight.
+
+    Methods (alpha = None takes `default_alpha(method, aggregate)`):
+
+    * ``"histogram"`` (DB-VAE). For each dimension j, a histogram of z[:, j]
+      with `bins` equal bins over the observed range; `q_ij` is the mass
+      (fraction of images) of the bin image i falls in, smoothed to
+      `s_ij = q_ij + alpha` (alpha in bin-mass units: a flat histogram has
+      1/bins per bin; alpha >> 1/bins flattens every dimension).
+      ``aggregate="product"`` (paper): density = prod_j s_ij, a joint density
+      that treats dimensions as independent (computed in log space).
+      ``aggregate="max"`` (reference code): r_ij = (1/s_ij) / mean_i(1/s_ij),
+      density = 1 / max_j r_ij (the rarest dimension decides).
+    * ``"gmm"``: a full-covariance GaussianMixture on z standardised per
+      dimension; `gmm_components` components, or the BIC-best of 1, 2, 4, 8
+      (at most N/20). Seeded by `seed`.
+    * ``"kde"``: Gaussian KernelDensity on standardised z, evaluated
+      leave-one-out (in d >= 8 a point's own kernel otherwise dominates its
+      density). Bandwidth `kde_bandwidth`: a float, "scott" (default,
+      N^(-1/(d+4))) or "silverman" ((N(d+2)/4)^(-1/(d+4))). O(N^2) time.
+
+    Joint methods smooth as density = f/f_ref + alpha, with f_ref the
+    geometric-mean density over the N points: alpha is a floor, as a fraction
+    of the typical density, below which images count as equally rare.
+    alpha -> infinity gives a flat density (uniform weights) for every method.
+    """
+    return np.exp(_log_density(z, method, bins, alpha, aggregate, seed, gmm_components, kde_bandwidth))
+
+
+def _log_density(z, method, bins, alpha, aggregate, seed, gmm_components, kde_bandwidth) -> np.ndarray:
+    """log of `latent_density`, centred to mean 0 (log space keeps wide latents finite)."""
+    z = _check_latents(z)
+    _check_choice("method", method, METHODS)
+    _check_choice("aggregate", aggregate, AGGREGATES)
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
+        raise GenaugError(f"bins must be an integer >= 2, got {bins!r}")
+    alpha = default_alpha(method, aggregate) if alpha is None else _check_alpha(alpha)
+    if len(z) == 1:
+        return np.zeros(1)
+    if method == "histogram":
+        log_d = _histogram_log_density(z, int(bins), alpha, aggregate)
+    else:
+        zs = _standardise(z)
+        if method == "gmm":
+            log_f = _gmm_log_density(zs, gmm_components, seed)
+        else:
+            log_f = _kde_log_density(zs, kde_bandwidth)
+        # log(f / f_ref + alpha), f_ref the geometric mean of f; logaddexp keeps
+        # points with f far below f_ref (common in d >= 8) from underflowing.
+        log_d = np.logaddexp(log_f - log_f.mean(), math.log(alpha) if alpha > 0 else -np.inf)
+    return log_d - log_d.mean()
+
+
+def _histogram_log_density(z: np.ndarray, bins: int, alpha: float, aggregate: str) -> np.ndarray:
+    n, d = z.shape
+    log_s = np.empty((n, d))
+    for j in range(d):
+        edges = np.histogram_bin_edges(z[:, j], bins=bins)
+        # Index by the interior edges so the maximum lands in the last bin, as
+        # the reference does by setting the outer edges to +-inf; counting from
+        # the same index (not np.histogram's own) keeps every point's bin non-empty.
+        idx = np.searchsorted(edges[1:-1], z[:, j], side="right")
+        counts = np.bincount(idx, minlength=bins)
+        log_s[:, j] = np.log(counts[idx] / n + alpha)
+    if aggregate == "product":
+        return log_s.sum(axis=1)
+    # max_j of (1/s_ij) / mean_i(1/s_ij), in logs: -log s - log mean exp(-log s).
+    log_inv = -log_s
+    log_mean = np.log(np.mean(np.exp(log_inv - log_inv.max(axis=0)), axis=0)) + log_inv.max(axis=0)
+    return -np.max(log_inv - log_mean, axis=1)
+
+
+def _gmm_log_density(zs: np.ndarray, components: int | None, seed: int) -> np.ndarray:
+    from sklearn.mixture import GaussianMixture  # sklearn is slow to import; only gmm needs it
+
+    n = len(zs)
+    if components is not None:
+        if isinstance(components, bool) or not isinstance(components, (int, np.integer)) or not 1 <= components <= n:
+            raise GenaugError(f"gmm_components must be an integer in [1, {n}], got {components!r}")
+        candidates = [int(components)]
+    else:
+        candidates = [k for k in (1, 2, 4, 8) if k == 1 or 20 * k <= n]
+    best, best_bic = None, np.inf
+    for k in candidates:
+        # reg_covar 1e-3 (of unit variance) keeps near-duplicate latents from
+        # making a singular component with an infinite density.
+        gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-3, random_state=seed).fit(zs)
+        bic = gmm.bic(zs)
+        if bic < best_bic:
+            best, best_bic = gmm, bic
+    return best.score_samples(zs)
+
+
+def _kde_log_density(zs: np.ndarray, bandwidth: float | str | None) -> np.ndarray:
+    from sklearn.neighbors import KernelDensity
+
+    n, d = zs.shape
+    if bandwidth is None or bandwidth == "scott":
+        h = n ** (-1.0 / (d + 4))
+    elif bandwidth == "silverman":
+        h = (n * (d + 2) / 4.0) ** (-1.0 / (d + 4))
+    elif isinstance(bandwidth, (int, float, np.floating)) and not isinstance(bandwidth, bool) and bandwidth > 0 and math.isfinite(bandwidth):
+        h = float(bandwidth)
+    else:
+        raise GenaugError(f"kde_bandwidth must be a positive number, 'scott' or 'silverman', got {bandwidth!r}")
+    log_f = KernelDensity(bandwidth=h).fit(zs).score_samples(zs)
+    # Leave-one-out: f_-i = (N f_i - K(0)) / (N - 1). The ratio is clipped just
+    # below 1 so an isolated point gets a tiny density instead of log(0).
+    log_k0 = -0.5 * d * math.log(2 * math.pi) - d * math.log(h)
+    own = np.minimum(np.exp(log_k0 - math.log(n) - log_f), 1.0 - 1e-12)
+    return math.log(n) + log_f + np.log1p(-own) - math.log(n - 1)
+
+
+def _standardise(z: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per dimension (constant dimensions stay 0)."""
+    sd = z.std(axis=0)
+    return (z - z.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+# -- weights -----------------------------------------------------------------
+def sampling_weights(
+    z: np.ndarray,
+    *,
+    labels: np.ndarray | None = None,
+    per_class: bool = False,
+    method: str = DEFAULT_METHOD,
+    bins: int = DEFAULT_BINS,
+    alpha: float | None = DEFAULT_ALPHA,
+    aggregate: str = DEFAULT_AGGREGATE,
+    seed: int = 0,
+    gmm_components: int | None = None,
+    kde_bandwidth: float | str | None = None,
+) -> np.ndarray:
+    """Per-image sampling weights `N * p_i`, p_i proportional to 1 / `latent_density`.
+
+    Positive, finite, mean exactly 1 (up to float rounding). Arguments as in
+    `latent_density`.
+
+    `per_class=True` (needs `labels`): the density and weights are computed
+    within each label group on its own, then each group keeps its share of
+    the total mass (group c's weights sum to its size n_c). Rebalancing then
+    happens inside every class and never changes the class mix: use it when
+    the label distribution is intended and only within-class rarity should be
+    corrected. A group of one image gets weight 1.
+    """
+    z = _check_latents(z)
+    options = dict(method=method, bins=bins, alpha=alpha, aggregate=aggregate, seed=seed,
+                   gmm_components=gmm_components, kde_bandwidth=kde_bandwidth)
+    if not per_class:
+        return _weights_from_log_density(_log_density(z, **options))
+    if labels is None:
+        raise GenaugError("per_class needs labels")
+    labels = np.asarray(labels)
+    if labels.shape != (len(z),):
+        raise GenaugError(f"{labels.shape[0] if labels.ndim else 0} labels for {len(z)} latent rows")
+    weights = np.empty(len(z))
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        weights[members] = _weights_from_log_density(_log_density(z[members], **options))
+    return weights
+
+
+def _weights_from_log_density(log_density: np.ndarray) -> np.ndarray:
+    log_w = -log_density
+    log_w = np.maximum(log_w - log_w.max(), -_MAX_LOG_RANGE)
+    w = np.exp(log_w)
+    return w * (len(w) / w.sum())
+
+
+def rarity_rank(weights: np.ndarray) -> np.ndarray:
+    """Rank of every image by weight: 1 = rarest (highest weight); ties keep input order."""
+    w = _check_weights(weights)
+    order = np.argsort(-w, kind="stable")
+    rank = np.empty(len(w), dtype=np.int64)
+    rank[order] = np.arange(1, len(w) + 1)
+    return rank
+
+
+def resample(weights: np.ndarray, size: int, *, seed: int = 0) -> np.ndarray:
+    """`size` indices drawn with replacement, P(i) proportional to weights[i] (numpy Generator)."""
+    w = _check_weights(weights)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise GenaugError(f"resample size must be an integer >= 1, got {size!r}")
+    return np.random.default_rng(seed).choice(len(w), size=int(size), replace=True, p=w / w.sum())
+
+
+def weighted_sampler(
+    weights: np.ndarray, num_samples: int | None = None, *, seed: int | None = None
+) -> WeightedRandomSampler:
+    """A torch `WeightedRandomSampler` over the images (with replacement; N draws per epoch by default).
+
+    `seed` fixes its torch.Generator so the draws repeat; None uses torch's global RNG.
+    """
+    w = _check_weights(weights)
+    if num_samples is None:
+        num_samples = len(w)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise GenaugError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+    return WeightedRandomSampler(torch.as_tensor(w, dtype=torch.float64), int(num_samples), replacement=True, generator=generator)
+
+
+# -- summary -----------------------------------------------------------------
+def effective_sample_size(weights: np.ndarray) -> float:
+    """Kish's effective sample size (sum w)^2 / sum w^2: N for uniform weights, 1 for a single image."""
+    w = _check_weights(weights)
+    return float(w.sum() ** 2 / np.sum(w**2))
+
+
+def rare_share(weights: np.ndarray, rare_mask: np.ndarray) -> float:
+    """Expected share of weighted draws that land on `rare_mask` (its mask fraction for uniform weights)."""
+    w = _check_weights(weights)
+    mask = _check_mask(rare_mask, len(w))
+    return float(w[mask].sum() / w.sum())
+
+
+def drawn_share(indices: np.ndarray, rare_mask: np.ndarray) -> float:
+    """Realised share of a resample (`indices` from `resample`) that lands on `rare_mask`."""
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer):
+        raise GenaugError("indices must be a non-empty 1-D integer array")
+    mask = np.asarray(rare_mask, dtype=bool)
+    if indices.min() < 0 or indices.max() >= len(mask):
+        raise GenaugError(f"indices out of range for {len(mask)} images")
+    return float(mask[indices].mean())
+
+
+def rarest_mask(weights: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """The ceil(fraction * N) images of highest weight (lowest latent density); ties by input order."""
+    w = _check_weights(weights)
+    if not 0 < fraction <= 1:
+        raise GenaugError(f"fraction must be in (0, 1], got {fraction}")
+    k = max(1, math.ceil(fraction * len(w) - 1e-9))
+    return rarity_rank(w) <= k
+
+
+@dataclass(frozen=True)
+class RebalanceSummary:
+    """Before/after figures of a reweighting.
+
+    The "rarest decile" is the 10% of images with the lowest latent density,
+    i.e. the highest weight (weight is a decreasing function of density; with
+    `per_class` weights it is the highest weight across classes). Before
+    rebalancing they are drawn ~10% of the time (exactly their count / N);
+    after, as often as their summed sampling probability. `max_weight` and
+    `min_weight` are relative to the mean weight (1 = an ordinary image).
+    """
+
+    n: int
+    ess: float
+    ess_fraction: float
+    rarest_decile_share_before: float
+    rarest_decile_share_after: float
+    max_weight: float
+    min_weight: float
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable dict (for Parquet metadata and logs)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"effective sample size {self.ess:.0f} of {self.n} ({self.ess_fraction:.0%}); "
+            f"rarest decile drawn {self.rarest_decile_share_before:.0%} -> {self.rarest_decile_share_after:.0%}; "
+            f"weights {self.min_weight:.2f}..{self.max_weight:.2f}"
+        )
+
+
+def summary(weights: np.ndarray) -> RebalanceSummary:
+    """ESS and the rarest decile's share of draws before and after reweighting."""
+    w = _check_weights(weights)
+    rarest = rarest_mask(w, 0.1)
+    ess = effective_sample_size(w)
+    mean = w.mean()
+    return RebalanceSummary(
+        n=len(w),
+        ess=ess,
+        ess_fraction=ess / len(w),
+        rarest_decile_share_before=float(rarest.mean()),
+        rarest_decile_share_after=rare_share(w, rarest),
+        max_weight=float(w.max() / mean),
+        min_weight=float(w.min() / mean),
+    )
+
+
+# -- latent SMOTE ------------------------------------------------------------
+def latent_smote(
+    z: np.ndarray,
+    weights: np.ndarray,
+    n: int,
+    *,
+    k: int = 5,
+    labels: np.ndarray | None = None,
+    rare_quantile: float = 0.9,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`n` new latent points in the rare regions, SMOTE-style (Chawla et al. 2002).
+
+    The rare set is the images with weight >= the `rare_quantile` quantile of
+    the weights (default: the rarest 10%, as in `summary`; uniform weights
+    make every image rare). Each new point:
+
+    1. an anchor a is drawn from the rare set with probability proportional
+       to its weight (the rarest images anchor most often);
+    2. a neighbour b is drawn uniformly from a's `k` nearest neighbours
+       (Euclidean, in z) among the *other* rare images - with the same label
+       when `labels` is given;
+    3. z_new = z_a + u (z_b - z_a), u ~ U(0, 1).
+
+    With fewer than k candidates, all of them are used. An anchor with no
+    candidate at all (the only rare image of its label) yields an exact copy
+    of itself (b = a): interpolating toward another label or a common image
+    would leave the rare region or change the class.
+
+    Returns (new_z [n, d], anchor_index [n], neighbour_index [n]); the indices
+    point into `z`, and the label of new point i is labels[anchor_index[i]].
+    Deterministic for a given `seed`.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    z = _check_latents(z)
+    w = _check_weights(weights)
+    if len(w) != len(z):
+        raise GenaugError(f"{len(w)} weights for {len(z)} latent rows")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise GenaugError(f"n must be an integer >= 0, got {n!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise GenaugError(f"k must be an integer >= 1, got {k!r}")
+    if not 0 <= rare_quantile < 1:
+        raise GenaugError(f"rare_quantile must be in [0, 1), got {rare_quantile}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(z),):
+            raise GenaugError(f"{labels.shape[0] if labels.ndim else 0} labels for {len(z)} latent rows")
+    if n == 0:
+        return np.empty((0, z.shape[1])), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+
+    rng = np.random.default_rng(seed)
+    rare = np.flatnonzero(w >= np.quantile(w, rare_quantile))
+    p = w[rare] / w[rare].sum()
+    anchors = rare[rng.choice(len(rare), size=n, replace=True, p=p)]
+    neighbours = np.empty(n, dtype=np.int64)
+    groups = [rare] if labels is None else [rare[labels[rare] == c] for c in np.unique(labels[rare])]
+    for group in groups:
+        here = np.flatnonzero(np.isin(anchors, group))
+        if here.size == 0:
+            continue
+        if len(group) == 1:
+            neighbours[here] = group[0]
+            continue
+        m = min(k + 1, len(group))
+        _, found = NearestNeighbors(n_neighbors=m).fit(z[group]).kneighbors(z[anchors[here]])
+        for row, anchor, cand in zip(here, anchors[here], group[found]):
+            # Drop the anchor itself (not necessarily first when latents repeat).
+            cand = cand[cand != anchor][:k]
+            neighbours[row] = cand[rng.integers(len(cand))]
+    u = rng.random(n)[:, None]
+    new_z = z[anchors] + u * (z[neighbours] - z[anchors])
+    return new_z, anchors.astype(np.int64), neighbours
+
+
+# -- argument checks ---------------------------------------------------------
+def _check_latents(z) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] < 1 or z.shape[1] < 1:
+        raise GenaugError(f"latents must be a 2-D array [N, d] with N, d >= 1, got shape {z.shape}")
+    if not np.all(np.isfinite(z)):
+        raise GenaugError(f"latents hold {int(np.sum(~np.isfinite(z)))} non-finite values (NaN or inf)")
+    return z
+
+
+def _check_weights(weights) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or w.size == 0:
+        raise GenaugError(f"weights must be a non-empty 1-D array, got shape {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise GenaugError("weights must be finite, >= 0, and not all 0")
+    return w
+
+
+def _check_mask(mask, n: int) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.shape != (n,):
+        raise GenaugError(f"mask of shape {mask.shape} for {n} images")
+    return mask.astype(bool)
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) or not alpha >= 0 or not math.isfinite(alpha):
+        raise GenaugError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    return float(alpha)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise GenaugError(f"unknown {name} '{value}' (choose from {', '.join(choices)})")
