@@ -39,11 +39,16 @@ def new_model(
 
 
 def train_on(
-    model: GenerativeModel, data: ImageSet, config: TrainConfig | None, console: Console | None = None
+    model: GenerativeModel,
+    data: ImageSet,
+    config: TrainConfig | None,
+    console: Console | None = None,
+    *,
+    sample_weights=None,
 ) -> GenerativeModel:
     """Train `model` on all of `data` with the one training loop."""
     labels = data.label_tensor() if model.num_classes > 0 else None
-    train(model, data.images, labels, config, console=console)
+    train(model, data.images, labels, config, sample_weights=sample_weights, console=console)
     model.metadata["class_names"] = data.class_names
     return model
 

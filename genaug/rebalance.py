@@ -38,22 +38,37 @@ NOTE: gmm/kde are joint densities. A compact rare group can have a *higher*
 joint density than the broad main cluster (2% of the mass in a much smaller
 volume), so joint methods may up-weight it little, or even down-weight it;
 histograms measure mass at a coarse per-dimension resolution and do not.
+NOTE: how visible a rare group is depends on the encoder more than on this
+module. Posterior means of genaug's 16-d VAE on digits with 2% inverted images
+put the inverted images in a tight cluster (5-NN purity 1.0), but whether that
+cluster is apart in 1 or in 4 dimensions changes with the training seed, and
+with it the default weights' rare/common ratio (measured 1x to 35x).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import WeightedRandomSampler
 
+from genaug import __version__
+from genaug.data.imageset import ImageSet
+from genaug.data.parquet import image_table, write_table
 from genaug.errors import GenaugError
+from genaug.fit import new_model, train_on
+from genaug.models.base import GenerativeModel
+from genaug.models.store import load_model, model_hash
+from genaug.train import TrainConfig
 
 METHODS = ("histogram", "gmm", "kde")
 AGGREGATES = ("product", "max")
-DEFAULT_METHOD = "histogram"
+DEFAULT_METHOD = "kde"
 DEFAULT_AGGREGATE = "product"
 DEFAULT_BINS = 10
 # Smoothing per method (see `default_alpha`). `DEFAULT_ALPHA = None` means "the
@@ -200,7 +215,7 @@ def _kde_log_density(zs: np.ndarray, bandwidth: float | str | None) -> np.ndarra
         h = n ** (-1.0 / (d + 4))
     elif bandwidth == "silverman":
         h = (n * (d + 2) / 4.0) ** (-1.0 / (d + 4))
-    elif isinstance(bandwidth, (int, float, np.floating)) and not isinstance(bandwidth, bool) and bandwidth > 0 and math.isfinite(bandwidth):
+    elif _is_number(bandwidth) and bandwidth > 0 and math.isfinite(bandwidth):
         h = float(bandwidth)
     else:
         raise GenaugError(f"kde_bandwidth must be a positive number, 'scott' or 'silverman', got {bandwidth!r}")
@@ -487,11 +502,195 @@ def _check_mask(mask, n: int) -> np.ndarray:
 
 
 def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) or not alpha >= 0 or not math.isfinite(alpha):
+    if not _is_number(alpha) or not alpha >= 0 or not math.isfinite(alpha):
         raise GenaugError(f"alpha must be a finite number >= 0, got {alpha!r}")
     return float(alpha)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise GenaugError(f"unknown {name} '{value}' (choose from {', '.join(choices)})")
+
+
+# -- the job: encode -> weights -> resample / synthesize ----------------------
+# The model that measures rarity trains with a trimmed likelihood: otherwise
+# a VAE spends latent capacity on a 2% group until it sits in a dense region
+# of its own. Measured on digits + 2% inverted images over 6 data/training
+# seeds: kde weights' resampled rare share 8-26% untrimmed, 27-38% trimmed.
+REBALANCE_TRIM = 0.1
+@dataclass
+class RebalanceResult:
+    """Weights, rarity ranks, a weighted resample and optional synthetic images."""
+
+    data: ImageSet
+    latents: np.ndarray
+    weights: np.ndarray
+    rarity: np.ndarray
+    resampled: np.ndarray
+    summary: RebalanceSummary
+    settings: dict
+    synthetic: ImageSet | None = None
+    synthetic_anchor: np.ndarray | None = None
+    synthetic_neighbour: np.ndarray | None = None
+
+    def resample_counts(self) -> np.ndarray:
+        """How many times each input row appears in the weighted resample."""
+        return np.bincount(self.resampled, minlength=len(self.data)).astype(np.int64)
+
+    def sampler(self, num_samples: int | None = None, *, seed: int | None = None):
+        """A `WeightedRandomSampler` over the input rows, for a DataLoader."""
+        return weighted_sampler(self.weights, num_samples, seed=seed)
+
+    def table(self) -> pa.Table:
+        """Every input row with weight, rarity and resample_count; synthetic rows after them."""
+        n = len(self.data)
+        table = image_table(
+            self.data,
+            {
+                "weight": self.weights,
+                "rarity": self.rarity,
+                "resample_count": self.resample_counts(),
+                "synthetic": np.zeros(n, dtype=bool),
+                "source_id": pa.nulls(n, pa.string()),
+                "neighbour_id": pa.nulls(n, pa.string()),
+            },
+        )
+        if self.synthetic is None:
+            return table
+        m = len(self.synthetic)
+        extra = image_table(
+            self.synthetic,
+            {
+                "weight": pa.nulls(m, pa.float64()),
+                "rarity": pa.nulls(m, pa.int64()),
+                "resample_count": np.zeros(m, dtype=np.int64),
+                "synthetic": np.ones(m, dtype=bool),
+                "source_id": [self.data.ids[i] for i in self.synthetic_anchor],
+                "neighbour_id": [self.data.ids[i] for i in self.synthetic_neighbour],
+            },
+            index=pa.nulls(m, pa.int64()),
+        )
+        return pa.concat_tables([table, extra.cast(table.schema)])
+
+    def resampled_table(self) -> pa.Table:
+        """The weighted resample itself: one row per draw, in draw order."""
+        return image_table(self.data.subset(self.resampled), index=self.resampled)
+
+    def write(self, path, *, command: str | None = None, resampled_path=None) -> pa.Table:
+        """Write the table (and the resample, when `resampled_path` is given) atomically."""
+        meta = {"version": __version__, "job": "rebalance", "command": command, **self.settings,
+                "summary": self.summary.to_dict()}
+        table = self.table()
+        write_table(table, path, genaug_metadata=meta, class_names=self.data.class_names)
+        if resampled_path is not None:
+            write_table(self.resampled_table(), resampled_path, genaug_metadata={**meta, "job": "rebalance-resample"},
+                        class_names=self.data.class_names)
+        return table
+
+
+@torch.inference_mode()
+def encode_images(model: GenerativeModel, images: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
+    """[N, d] latent features (posterior means) of uint8 images, in batches."""
+    if "encode" not in model.capabilities:
+        raise GenaugError(f"model family '{model.name}' has no latent space to rebalance in (needs encode)")
+    model.eval()
+    chunks = [model.encode(images[s : s + batch_size].to(model.device)).float().cpu() for s in range(0, len(images), batch_size)]
+    return torch.cat(chunks).numpy().astype(np.float64)
+
+
+def rebalance(
+    data: ImageSet,
+    *,
+    model: GenerativeModel | str | os.PathLike | None = None,
+    family: str = "vae",
+    model_options: dict | None = None,
+    train_config: TrainConfig | None = None,
+    density: str = DEFAULT_METHOD,
+    bins: int = DEFAULT_BINS,
+    alpha: float | None = DEFAULT_ALPHA,
+    aggregate: str = DEFAULT_AGGREGATE,
+    per_class: bool = False,
+    size: int | None = None,
+    synthesize: int = 0,
+    seed: int = 0,
+    console=None,
+) -> RebalanceResult:
+    """Weights that up-weight images from sparse regions of a model's latent space.
+
+    Without `model`, a `family` model is trained on `data` first, with a
+    trimmed likelihood (`REBALANCE_TRIM`) so that a rare group is not folded
+    into the common ones' latent region. `size` rows (default N) are
+    resampled with the weights. `synthesize` adds that many latent-SMOTE
+    images: a copy of the model is first fine-tuned on the weighted resample
+    (DB-VAE's adaptive resampling) so its decoder has learned the rare
+    regions, then points between rare neighbours are decoded.
+    """
+    if per_class and data.labels is None:
+        raise GenaugError("--per-class needs labelled data")
+    if synthesize < 0:
+        raise GenaugError(f"--synthesize must be >= 0, got {synthesize}")
+    size = len(data) if size is None else size
+    if size < 1:
+        raise GenaugError(f"--size must be at least 1, got {size}")
+    config = train_config or TrainConfig()
+    if model is None:
+        trimmed = replace(config, trim_fraction=REBALANCE_TRIM if config.trim_fraction is None else config.trim_fraction)
+        model = train_on(new_model(data, family, model_options=model_options), data, trimmed, console)
+    elif isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    if synthesize and "decode" not in model.capabilities:
+        raise GenaugError(f"--synthesize needs a family that decodes latents; '{model.name}' does not")
+    z = encode_images(model, data.images)
+    weights = sampling_weights(
+        z, labels=data.labels, per_class=per_class, method=density, bins=bins, alpha=alpha, aggregate=aggregate, seed=seed
+    )
+    result = RebalanceResult(
+        data=data,
+        latents=z,
+        weights=weights,
+        rarity=rarity_rank(weights),
+        resampled=resample(weights, size, seed=seed),
+        summary=summary(weights),
+        settings={
+            "model": model.name,
+            "model_hash": model_hash(model),
+            "density": density,
+            "bins": bins,
+            "alpha": default_alpha(density, aggregate) if alpha is None else alpha,
+            "aggregate": aggregate,
+            "per_class": per_class,
+            "size": size,
+            "synthesize": synthesize,
+            "seed": seed,
+        },
+    )
+    if synthesize:
+        _add_synthetic(result, model, synthesize, replace(config, trim_fraction=0.0), seed, console)
+    return result
+
+
+def _add_synthetic(result: RebalanceResult, model: GenerativeModel, n: int, config, seed: int, console) -> None:
+    """Fine-tune a copy of `model` on the weighted data, then decode latent-SMOTE points."""
+    data = result.data
+    tuned = train_on(copy.deepcopy(model), data, config, console, sample_weights=torch.from_numpy(result.weights))
+    z = encode_images(tuned, data.images)
+    labels = data.labels
+    new_z, anchor, neighbour = latent_smote(z, result.weights, n, labels=labels, seed=seed)
+    y = None
+    if tuned.num_classes > 0 and labels is not None:
+        y = torch.from_numpy(labels[anchor]).to(tuned.device)
+    with torch.inference_mode():
+        images = tuned.decode(torch.from_numpy(new_z).float().to(tuned.device), y).cpu()
+    prefix = f"smote-{result.settings['model_hash'][:8]}-s{seed}"
+    result.synthetic = ImageSet(
+        images=images,
+        labels=None if labels is None else labels[anchor],
+        class_names=data.class_names,
+        ids=[f"{prefix}-{i:06d}" for i in range(n)],
+        source="latent-smote",
+    )
+    result.synthetic_anchor, result.synthetic_neighbour = anchor, neighbour

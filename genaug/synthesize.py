@@ -1,4 +1,5 @@
-"""Synthetic images: sample a fitted model, optionally keep only plausible samples.
+"""Synthetic images: sample a fitted model, optionally keep only plausible samples,
+and mix them with albumentations-augmented real images (`augmented_table`).
 
 `--filter-fdr F` treats every sample as a test point against the model's own
 calibration scores (held-out *real* images): samples whose conformal
@@ -11,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import torch
 from rich.console import Console
 
 from genaug.data.imageset import ImageSet
+from genaug.data.parquet import image_table
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel
 from genaug.models.store import model_hash
@@ -176,3 +179,55 @@ def _as_imageset(model: GenerativeModel, images: torch.Tensor, labels: torch.Ten
         ids=[f"{prefix}-{i:06d}" for i in range(images.shape[0])],
         source="synthetic",
     )
+
+
+def augmented_table(
+    data: ImageSet,
+    recipe,
+    *,
+    copies: int = 1,
+    seed: int = 0,
+    keep_originals: bool = False,
+    model: GenerativeModel | None = None,
+    synthetic_ratio: float = 0.0,
+    console: Console | None = None,
+) -> tuple[pa.Table, dict]:
+    """Real images augmented `copies` times, mixed with synthetic ones, as one table.
+
+    Rows: the originals (with `keep_originals`), then the augmented copies
+    (copy-major), then `round(synthetic_ratio * n_augmented)` samples of
+    `model`. Columns after the image: `kind` (original / augmented /
+    synthetic), `synthetic`, `source_id`, `copy`. Returns (table, settings).
+    """
+    from genaug.augment import augment, recipe_label
+
+    if synthetic_ratio < 0:
+        raise GenaugError(f"--synthetic-ratio must be >= 0, got {synthetic_ratio}")
+    if synthetic_ratio > 0 and model is None:
+        raise GenaugError("--synthetic-ratio needs --model-path (a fitted model to sample from)")
+    if model is not None and tuple(model.image_shape) != data.shape:
+        raise GenaugError(f"the model makes {tuple(model.image_shape)} images but the data is {data.shape}; pass --image-size")
+    aug = augment(data, recipe, copies=copies, seed=seed, progress=console or False)
+    parts = []
+
+    def part(imageset, kind, index, source_ids, copy_numbers, png=None):
+        n = len(imageset)
+        columns = {
+            "kind": [kind] * n,
+            "synthetic": np.full(n, kind == "synthetic"),
+            "source_id": pa.array(source_ids, type=pa.string()),
+            "copy": pa.array(copy_numbers, type=pa.int64()),
+        }
+        parts.append(image_table(imageset, columns, png=png, index=pa.array(index, type=pa.int64())))
+
+    if keep_originals:
+        part(data, "original", np.arange(len(data)), data.ids, [None] * len(data))
+    part(aug.data, "augmented", aug.source_index, aug.source_ids, aug.copy)
+    n_synth = int(round(synthetic_ratio * len(aug.data)))
+    settings = {**aug.settings, "recipe": recipe_label(recipe), "keep_originals": keep_originals,
+                "synthetic_ratio": synthetic_ratio, "n_augmented": len(aug.data), "n_synthetic": n_synth}
+    if n_synth:
+        synth = synthesize(model, n_synth, seed=seed, console=console)
+        part(synth.data, "synthetic", [None] * n_synth, [None] * n_synth, [None] * n_synth)
+        settings["model_hash"] = synth.model_hash
+    return pa.concat_tables(parts), settings

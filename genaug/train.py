@@ -98,9 +98,14 @@ def train(
     labels: torch.Tensor | None = None,
     config: TrainConfig | None = None,
     *,
+    sample_weights: torch.Tensor | None = None,
     console: Console | None = None,
 ) -> TrainReport:
-    """Train `model` on uint8 `images` (and `labels` for conditional families) in place."""
+    """Train `model` on uint8 `images` (and `labels` for conditional families) in place.
+
+    With `sample_weights` [N], each epoch draws its images with replacement in
+    proportion to them (DB-VAE's adaptive resampling) instead of a shuffle.
+    """
     config = config or TrainConfig()
     n = images.shape[0]
     if n == 0:
@@ -120,6 +125,16 @@ def train(
     n_val = int(round(config.val_fraction * n)) if n >= MIN_IMAGES_FOR_VALIDATION else 0
     val_idx, train_idx = perm[:n_val].to(device), perm[n_val:].to(device)
     epochs = config.epochs or auto_epochs(train_idx.numel())
+    if sample_weights is not None:
+        sample_weights = torch.as_tensor(sample_weights, dtype=torch.float64)
+        if sample_weights.shape != (n,) or not torch.isfinite(sample_weights).all() or (sample_weights < 0).any():
+            raise GenaugError(f"sample weights must be {n} finite non-negative numbers")
+        train_weights = sample_weights[train_idx.cpu()]
+        # Validation follows the same weighting, so early stopping and the best
+        # weights judge the objective being trained, not the unweighted one.
+        val_weights = sample_weights[val_idx.cpu()]
+    else:
+        val_weights = None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     # Training noise (reparameterisation) comes from the global RNG of the device; seed it too.
@@ -134,7 +149,11 @@ def train(
         task = bar.add_task(f"training {model.name}", total=epochs) if bar else None
         for epoch in range(1, epochs + 1):
             model.train()
-            order = train_idx[torch.randperm(train_idx.numel(), generator=generator).to(device)]
+            if sample_weights is None:
+                pick = torch.randperm(train_idx.numel(), generator=generator)
+            else:
+                pick = torch.multinomial(train_weights, train_idx.numel(), replacement=True, generator=generator)
+            order = train_idx[pick.to(device)]
             nll_sum, nll_count = 0.0, 0
             for start in range(0, order.numel(), config.batch_size):
                 batch = order[start : start + config.batch_size]
@@ -153,7 +172,7 @@ def train(
                     nll_count += batch.numel()
             epochs_run = epoch
             train_bpd = bits_per_dim(nll_sum / nll_count, model.num_dims) if nll_count else None
-            val_bpd = _validate(model, x_all, y_all, val_idx, config) if n_val else None
+            val_bpd = _validate(model, x_all, y_all, val_idx, config, val_weights) if n_val else None
             score = val_bpd if val_bpd is not None else epoch  # no split: keep the last weights
             if val_bpd is None or score < best[0]:
                 best = (score, epoch, copy.deepcopy(model.state_dict()))
@@ -201,20 +220,21 @@ def auto_epochs(n_train: int) -> int:
 
 
 @torch.inference_mode()
-def _validate(model, x_all, y_all, val_idx, config: TrainConfig) -> float:
-    """Mean validation bits/dim with fixed noise, so epochs compare fairly."""
+def _validate(model, x_all, y_all, val_idx, config: TrainConfig, weights=None) -> float:
+    """Mean (or `weights`-weighted mean) validation bits/dim with fixed noise, so epochs compare fairly."""
     model.eval()
     generator = torch.Generator(device=x_all.device).manual_seed(config.seed)
+    w = torch.ones(val_idx.numel(), dtype=torch.float64) if weights is None else weights
     total = 0.0
     for start in range(0, val_idx.numel(), 1024):
         idx = val_idx[start : start + 1024]
         y = None if y_all is None else y_all[idx]
         if "nll" in model.capabilities:
-            nats = model.nll(x_all[idx], y, generator=generator)
-            total += float(bits_per_dim(nats.float(), model.num_dims).sum())
+            per_image = bits_per_dim(model.nll(x_all[idx], y, generator=generator).double(), model.num_dims)
         else:
-            total += float(model.training_losses(x_all[idx], y)["loss"]) * idx.numel()
-    return total / val_idx.numel()
+            per_image = model.training_losses(x_all[idx], y)["loss"].double().expand(idx.numel())
+        total += float((per_image.cpu() * w[start : start + idx.numel()]).sum())
+    return total / max(float(w.sum()), 1e-12)
 
 
 def _config_dict(config: TrainConfig) -> dict:

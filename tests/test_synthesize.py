@@ -47,3 +47,41 @@ def test_label_checks(conditional_model, digits):
     unconditional = genaug.fit(digits.subset(np.arange(100)), train_config=TrainConfig(epochs=1, progress=False))
     with pytest.raises(GenaugError, match="conditional"):
         synthesize(unconditional, 5, label=1)
+
+
+def test_augment_mixes_augmented_and_synthetic_rows(conditional_model, digits):
+    from genaug.synthesize import augmented_table
+
+    data = digits.subset(np.arange(40))
+    table, settings = augmented_table(
+        data, "light", copies=2, keep_originals=True, model=conditional_model, synthetic_ratio=0.25, seed=3
+    )
+    df = table.to_pandas()
+    assert df["kind"].value_counts().to_dict() == {"augmented": 80, "original": 40, "synthetic": 20}
+    aug = df[df["kind"] == "augmented"]
+    assert (aug["source_id"].to_numpy() == np.array(data.ids * 2)).all()
+    assert (aug["label"].to_numpy() == np.tile(data.labels, 2)).all()
+    assert df[df["kind"] == "synthetic"]["synthetic"].all() and df["index"].isna().sum() == 20
+    again, _ = augmented_table(
+        data, "light", copies=2, keep_originals=True, model=conditional_model, synthetic_ratio=0.25, seed=3
+    )
+    assert again.equals(table)  # a fixed seed reproduces every image
+    with pytest.raises(GenaugError, match="model-path"):
+        augmented_table(data, "light", synthetic_ratio=0.5)
+
+
+def test_cli_synthesize_writes_marked_rows(conditional_model, tmp_path):
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from genaug.cli.app import app
+
+    model_path = tmp_path / "m.safetensors"
+    genaug.save_model(conditional_model, model_path)
+    out = tmp_path / "s.parquet"
+    res = CliRunner().invoke(app, ["synthesize", "--model-path", str(model_path), "-n", "30", "-o", str(out), "--label", "7", "--quiet"])
+    assert res.exit_code == 0, res.output
+    df = pq.read_table(out).to_pandas()
+    assert len(df) == 30 and df["synthetic"].all() and (df["label"] == 7).all() and (df["seed"] == 0).all()
+    res = CliRunner().invoke(app, ["synthesize", "--model-path", str(model_path), "-n", "5", "-o", str(out), "--label", "x"])
+    assert res.exit_code == 2

@@ -450,10 +450,16 @@ def rebalance(
     output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write (every input row + weights).")],
     model_path: Annotated[Optional[Path], typer.Option(help="Fitted checkpoint; without it a model is trained on DATA.")] = None,
     family: Family = "vae",
-    density: Annotated[str, typer.Option(help="Latent density: histogram (per dimension, DB-VAE), gmm or kde (joint).")] = "histogram",
+    density: Annotated[
+        str, typer.Option(help="Latent density: kde or gmm (joint), histogram (per dimension, as DB-VAE).")
+    ] = "kde",
     bins: Annotated[int, typer.Option(help="Histogram bins per latent dimension.")] = 10,
-    alpha: Annotated[Optional[float], typer.Option(help="Smoothing: larger = closer to uniform weights.")] = None,
-    aggregate: Annotated[str, typer.Option(help="Combine dimensions by max (reference code) or product (paper).")] = "max",
+    alpha: Annotated[
+        Optional[float], typer.Option(help="Smoothing: larger = closer to uniform weights (default: per density).")
+    ] = None,
+    aggregate: Annotated[
+        str, typer.Option(help="Histogram: combine dimensions by product (paper) or max (reference code).")
+    ] = "product",
     per_class: Annotated[bool, typer.Option(help="Rebalance within each label.")] = False,
     size: Annotated[Optional[int], typer.Option(help="Rows in the weighted resample (default: N).")] = None,
     synthesize: Annotated[int, typer.Option(help="Add this many latent-SMOTE images of the rare regions.")] = 0,
@@ -473,7 +479,6 @@ def rebalance(
 ) -> None:
     """Weight images by the rarity of their latent code (DB-VAE) and resample."""
     from genaug.models.store import load_model
-    from genaug.rebalance import DEFAULT_ALPHA
     from genaug.rebalance import rebalance as run_rebalance
     from genaug.train import resolve_device
 
@@ -490,7 +495,7 @@ def rebalance(
         train_config=_train_config(epochs, batch_size, lr, device, seed, quiet),
         density=density,
         bins=bins,
-        alpha=DEFAULT_ALPHA if alpha is None else alpha,
+        alpha=alpha,
         aggregate=aggregate,
         per_class=per_class,
         size=size,
@@ -503,3 +508,57 @@ def rebalance(
     extra = f" + {synthesize} synthetic rows" if synthesize else ""
     also = f"; resample -> {resampled}" if resampled is not None else ""
     out.print(f"wrote {len(images)} weighted rows{extra} -> {output}{also}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def augment(
+    data: DataArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
+    recipe: Annotated[str, typer.Option(help="light, medium, heavy, or a recipe YAML file (see --show-recipe).")] = "light",
+    copies: Annotated[int, typer.Option(help="Augmented copies of every image.")] = 1,
+    keep_originals: Annotated[bool, typer.Option(help="Also write the unchanged originals.")] = False,
+    synthetic_ratio: Annotated[
+        float, typer.Option(help="Synthetic images per augmented image, sampled from --model-path.")
+    ] = 0.0,
+    model_path: Annotated[Optional[Path], typer.Option(help="Fitted checkpoint to sample synthetic images from.")] = None,
+    show_recipe: Annotated[bool, typer.Option(help="Print the recipe as YAML and exit.")] = False,
+    device: Device = "auto",
+    seed: Seed = 0,
+    image_size: ImageSize = None,
+    mode: ColorMode = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
+    id_column: IdColumn = None,
+    quiet: Quiet = False,
+) -> None:
+    """Augment DATA with an albumentations recipe, optionally mixed with synthetic images."""
+    from genaug.augment import recipe_to_yaml
+    from genaug.data.parquet import write_table
+    from genaug.models.store import load_model
+    from genaug.synthesize import augmented_table
+    from genaug.train import resolve_device
+
+    if show_recipe:
+        out.print(recipe_to_yaml(recipe), highlight=False, markup=False)
+        return
+    _check_output(output, data, recipe)
+    images = _load(data, image_size, mode, image_column, label_column, id_column)
+    model = load_model(model_path, device=resolve_device(device)) if model_path is not None else None
+    table, settings = augmented_table(
+        images,
+        recipe,
+        copies=copies,
+        seed=seed,
+        keep_originals=keep_originals,
+        model=model,
+        synthetic_ratio=synthetic_ratio,
+        console=None if quiet else err,
+    )
+    meta = {"version": __version__, "job": "augment", "command": _command_line(), **settings}
+    write_table(table, output, genaug_metadata=meta, class_names=images.class_names)
+    out.print(
+        f"wrote {table.num_rows} rows ({settings['n_augmented']} augmented, {settings['n_synthetic']} synthetic"
+        f"{', originals kept' if keep_originals else ''}) -> {output}",
+        highlight=False,
+    )
