@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import genaug  # noqa: E402
 from conftest import with_foreign_images  # noqa: E402
+from tables import print_table  # noqa: E402
 from genaug.data.imageset import ImageSet  # noqa: E402
 
 
@@ -94,16 +95,6 @@ def bench_self_audit(seed: int) -> dict:
         "precision": float(foreign[flagged].mean()) if flagged.any() else float("nan"),
         "seconds": seconds,
     }
-
-
-def print_table(rows: list[dict]) -> None:
-    keys = list(rows[0])
-    cells = [[f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    print("| " + " | ".join(k.ljust(w) for k, w in zip(keys, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for c in cells:
-        print("| " + " | ".join(v.rjust(w) for v, w in zip(c, widths)) + " |")
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 import genaug
 from genaug.data.imageset import ImageSet
 from genaug.models.registry import available_families, get_family
+from tables import print_table
 
 RARE_SHARE = 0.02
 
@@ -150,16 +151,6 @@ def summarise(rows: list[dict], key: str, metrics: list[str]) -> list[dict]:
                 row[m] = f"{values.mean():.3f} ± {values.std():.3f}"
         out.append(row)
     return out
-
-
-def print_table(rows: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    cells = [[str(r.get(k, "")) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    print("| " + " | ".join(k.ljust(w) for k, w in zip(keys, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for c in cells:
-        print("| " + " | ".join(v.ljust(w) for v, w in zip(c, widths)) + " |")
 
 
 def main() -> None:

@@ -18,25 +18,30 @@ __version__ = "0.1.0"
 # function, genaug.fit's module is importable as usual); importing them here,
 # after __version__, keeps `genaug.fit(...)` the function however the
 # submodules are imported later.
+from genaug.augment import augment  # noqa: E402
 from genaug.data.imageset import ImageSet  # noqa: E402
 from genaug.data.readers import load_images  # noqa: E402
 from genaug.detect import DetectionResult, detect_outliers  # noqa: E402
 from genaug.errors import GenaugError  # noqa: E402
 from genaug.fit import fit  # noqa: E402
 from genaug.models.store import load_model, save_model  # noqa: E402
+from genaug.rebalance import RebalanceResult, rebalance  # noqa: E402
 from genaug.synthesize import synthesize  # noqa: E402
 from genaug.train import TrainConfig  # noqa: E402
 
 __all__ = [
     "DetectionResult",
+    "RebalanceResult",
     "GenaugError",
     "ImageSet",
     "TrainConfig",
     "__version__",
+    "augment",
     "detect_outliers",
     "fit",
     "load_images",
     "load_model",
+    "rebalance",
     "save_model",
     "synthesize",
 ]
