@@ -6,6 +6,8 @@ the main cluster. `digits_latents` is the stand-in for the real pipeline:
 PCA-16 of scikit-learn's digits with 2% of the images inverted (255 - x).
 """
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from genaug import rebalance as rb
 from genaug.errors import GenaugError
+
+# The module, not the job function `genaug.rebalance` that shadows its name.
+rb = importlib.import_module("genaug.rebalance")
 
 N, D, RARE_SHARE = 2000, 12, 0.02
 
