@@ -221,7 +221,7 @@ def cross_fit_scores(
         held_out = np.flatnonzero(fold_of == f)
         if console is not None:
             console.print(f"[dim]self-audit fold {f + 1}/{folds}: training on {n - held_out.size} images[/dim]")
-        model = new_model(data, family, model_options=model_options)
+        model = new_model(data, family, model_options=model_options, seed=config.seed)
         train_on(model, data.subset(fold_of != f), config, console)
         part = data.subset(held_out)
         raw = score_images(model, part.images, k=iwae_k, batch_size=batch_size, seed=config.seed, console=console)

@@ -27,15 +27,23 @@ DEFAULT_IWAE_K = 1
 
 
 def new_model(
-    data: ImageSet, family: str = "vae", *, conditional: bool = False, model_options: dict | None = None
+    data: ImageSet,
+    family: str = "vae",
+    *,
+    conditional: bool = False,
+    model_options: dict | None = None,
+    seed: int = 0,
 ) -> GenerativeModel:
-    """An untrained model of `family` shaped for `data`."""
+    """An untrained model of `family` shaped for `data`, its initial weights drawn from `seed`."""
     num_classes = 0
     if conditional:
         if data.labels is None:
             raise GenaugError("--conditional needs labelled data (class sub-folders, a label column or npz 'y')")
         num_classes = data.num_classes
-    return build_model(family, data.shape, num_classes, **(model_options or {}))
+    # Seeded init without disturbing the caller's global RNG: same seed, same model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(family, data.shape, num_classes, **(model_options or {}))
 
 
 def train_on(
@@ -78,7 +86,7 @@ def fit(
         raise GenaugError(f"{n} images are too few to hold out a calibration split of {calibration_fraction:.0%}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).numpy()
     cal_idx, train_idx = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
-    model = new_model(data, family, conditional=conditional, model_options=model_options)
+    model = new_model(data, family, conditional=conditional, model_options=model_options, seed=config.seed)
     train_on(model, data.subset(train_idx), config, console)
     cal = data.subset(cal_idx)
     raw = score_images(

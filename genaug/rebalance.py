@@ -639,7 +639,7 @@ def rebalance(
     config = train_config or TrainConfig()
     if model is None:
         trimmed = replace(config, trim_fraction=REBALANCE_TRIM if config.trim_fraction is None else config.trim_fraction)
-        model = train_on(new_model(data, family, model_options=model_options), data, trimmed, console)
+        model = train_on(new_model(data, family, model_options=model_options, seed=config.seed), data, trimmed, console)
     elif isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     if synthesize and "decode" not in model.capabilities:
