@@ -629,6 +629,13 @@ def rebalance(
     (DB-VAE's adaptive resampling) so its decoder has learned the rare
     regions, then points between rare neighbours are decoded.
     """
+    # Check the cheap things before training a model.
+    _check_choice("density", density, METHODS)
+    _check_choice("aggregate", aggregate, AGGREGATES)
+    if alpha is not None:
+        _check_alpha(alpha)
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
+        raise GenaugError(f"--bins must be an integer >= 2, got {bins!r}")
     if per_class and data.labels is None:
         raise GenaugError("--per-class needs labelled data")
     if synthesize < 0:
