@@ -47,7 +47,7 @@ DEFAULT_FDR = 0.05
 DEFAULT_FOLDS = 2
 # Self-audit trains on data that may hold the outliers; leaving each batch's
 # worst-fit 10% out of the gradient keeps up to ~10% contamination from being
-# learned (on digits + 3% foreign images: AUROC 0.94 untrimmed -> 0.998).
+# learned (on digits + 3% foreign images, seed 0: AUROC 0.956 untrimmed -> 0.997).
 SELF_AUDIT_TRIM = 0.1
 
 
