@@ -2,4 +2,4 @@
 
 from genaug.cli.app import main
 
-main()
+raise SystemExit(main())

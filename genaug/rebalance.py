@@ -59,7 +59,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from genaug import __version__
 from genaug.data.imageset import ImageSet
-from genaug.data.parquet import image_table, write_table
+from genaug.data.parquet import image_table, write_tables
 from genaug.errors import GenaugError
 from genaug.fit import new_model, train_on
 from genaug.models.base import GenerativeModel
@@ -585,10 +585,11 @@ class RebalanceResult:
         meta = {"version": __version__, "job": "rebalance", "command": command, **self.settings,
                 "summary": self.summary.to_dict()}
         table = self.table()
-        write_table(table, path, genaug_metadata=meta, class_names=self.data.class_names)
+        names = self.data.class_names
+        outputs = [(table, path, meta, names)]
         if resampled_path is not None:
-            write_table(self.resampled_table(), resampled_path, genaug_metadata={**meta, "job": "rebalance-resample"},
-                        class_names=self.data.class_names)
+            outputs.append((self.resampled_table(), resampled_path, {**meta, "job": "rebalance-resample"}, names))
+        write_tables(outputs)  # both files or neither
         return table
 
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from genaug.cli.app import app
+from genaug.cli.app import app, main
 
 runner = CliRunner()
 FAST = ["--epochs", "2", "--quiet"]
@@ -80,22 +80,61 @@ def _bad_inputs(tmp_path):
     }
 
 
-def test_bad_input_is_one_line_nonzero_and_leaves_no_output(tmp_path):
+def _other_commands_bad_inputs(tmp_path):
+    """Bad input to the commands other than detect-outliers (each also takes -o)."""
+    np.savez(tmp_path / "ok.npz", x=np.zeros((4, 8, 8), np.uint8))
+    (tmp_path / "not_a_model.safetensors").write_bytes(b"not safetensors at all")
+    return {
+        "fit wrong suffix": ["fit", "digits", *FAST],
+        "fit missing data": ["fit", tmp_path / "nope", *FAST],
+        "rebalance bad density": ["rebalance", "digits", "--density", "histogramm", *FAST],
+        "rebalance bad alpha": ["rebalance", "digits", "--alpha", "-1", *FAST],
+        "rebalance per-class without labels": ["rebalance", tmp_path / "ok.npz", "--per-class", *FAST],
+        "synthesize foreign checkpoint": ["synthesize", "--model-path", tmp_path / "not_a_model.safetensors", "-n", "4"],
+        "synthesize missing checkpoint": ["synthesize", "--model-path", tmp_path / "nope.safetensors", "-n", "4"],
+        "augment missing recipe file": ["augment", "digits", "--recipe", tmp_path / "nope.yaml", "--quiet"],
+        "augment synthetic without model": ["augment", "digits", "--synthetic-ratio", "0.5", "--quiet"],
+    }
+
+
+def test_bad_input_is_one_line_nonzero_and_leaves_no_output(tmp_path, capsys):
     cases = _bad_inputs(tmp_path)
     cases["wrong column"] = ["detect-outliers", _parquet(tmp_path), "--image-column", "pixels"]
+    cases = {name: [*args, *FAST] for name, args in cases.items()}
+    cases.update(_other_commands_bad_inputs(tmp_path))
+    cases["unknown option"] = ["detect-outliers", "digits", "--bogus"]
+    cases["not a number"] = ["detect-outliers", "digits", "--fdr", "abc"]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     for name, args in cases.items():
         out = tmp_path / f"{name.replace(' ', '_')}.parquet"
-        proc = subprocess.run(
-            [sys.executable, "-m", "genaug", *map(str, args), "-o", str(out), *FAST],
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 2, (name, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:"), (name, proc.stderr)
-        assert "Traceback" not in proc.stderr
+        code = main([*map(str, args), "-o", str(out)])
+        captured = capsys.readouterr()
+        assert code == 2, (name, captured.err)
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, captured.err)
         assert not out.exists(), name
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.suffix == ".tmp"], name
+    # The inputs are untouched.
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_missing_output_option_is_one_line(capsys):
+    assert main(["detect-outliers", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--output" in err and len(err.splitlines()) == 1
+
+
+def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
+    # The in-process runner above cannot see what the interpreter itself prints.
+    out = tmp_path / "out.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "genaug", "detect-outliers", str(tmp_path / "nope.npz"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:") and proc.stdout == ""
+    assert not out.exists()
 
 
 def _parquet(tmp_path):

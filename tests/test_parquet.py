@@ -2,8 +2,10 @@
 
 import io
 import json
+import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -22,6 +24,7 @@ from genaug.data.parquet import (
     read_genaug_metadata,
     write_image_table,
     write_table,
+    write_tables,
 )
 from genaug.data.readers import load_images
 from genaug.errors import GenaugError
@@ -196,7 +199,10 @@ def test_unnamed_labels_are_plain_ints(tmp_path):
     assert features["label"] == {"dtype": "int64", "_type": "Value"}
 
 
-def test_hf_datasets_reads_an_image_and_classlabel_column(tmp_path):
+def test_hf_datasets_reads_an_image_and_classlabel_column(tmp_path, monkeypatch):
+    # Local files only: the test must not reach for the Hub.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     datasets = pytest.importorskip("datasets")
     path = tmp_path / "out.parquet"
     data = _imageset(n=4, c=3)
@@ -278,3 +284,26 @@ def test_unwritable_target_is_a_one_line_error(tmp_path):
         write_image_table(tmp_path / "taken", _imageset(), genaug_metadata={})
     assert "\n" not in str(info.value)
     assert (tmp_path / "taken").is_dir() and _no_leftovers(tmp_path)
+
+
+def test_several_outputs_are_written_together_or_not_at_all(tmp_path, monkeypatch):
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    first.write_bytes(b"old a")
+    table = image_table(_imageset())
+    real_replace = os.replace
+
+    def failing_on_second(src, dst):
+        if Path(dst) == second:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_on_second)
+    with pytest.raises(GenaugError, match="cannot write .*b.parquet: No space left"):
+        write_tables([(table, first, {}, None), (table, second, {}, None)])
+    assert first.read_bytes() == b"old a" and not second.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet"]
+
+    monkeypatch.setattr(os, "replace", real_replace)
+    write_tables([(table, first, {}, None), (table, second, {}, None)])
+    assert pq.read_table(first).num_rows == pq.read_table(second).num_rows == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "b.parquet"]

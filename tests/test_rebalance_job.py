@@ -96,3 +96,12 @@ def test_cli_rebalance_with_a_saved_model(tmp_path, model, biased):
     assert "effective sample size" in res.output.lower() or "ess" in res.output.lower()
     assert pq.read_table(resampled).num_rows == 500
     assert pq.read_table(out).num_rows == len(data)
+
+
+def test_a_failed_second_output_leaves_neither_file(result, tmp_path):
+    out, taken = tmp_path / "w.parquet", tmp_path / "taken"
+    taken.mkdir()  # the resample cannot be renamed over a folder
+    with pytest.raises(genaug.GenaugError, match="cannot write"):
+        result.write(out, resampled_path=taken)
+    assert not out.exists() and taken.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

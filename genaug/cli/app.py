@@ -33,9 +33,26 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-def main() -> None:
-    """Entry point of the `genaug` console script."""
-    app()
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `genaug` console script; returns the exit code.
+
+    Usage errors (a missing -o, an unknown option, a value of the wrong type)
+    are one line on stderr and exit code 2, like every other bad input,
+    instead of click's boxed usage text.
+    """
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        code = app(args=args or ["--help"], prog_name="genaug", standalone_mode=False)
+    except Exception as e:
+        # Typer's (vendored or external) click exceptions: duck-typed so any typer>=0.12 works.
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(e.format_message().split())
+        err.print(f"[red]error:[/red] {message}{hint}", highlight=False, soft_wrap=True)
+        return int(e.exit_code)
+    return code if isinstance(code, int) else 0
 
 
 def handles_errors(command):

@@ -8,6 +8,7 @@ Writes are atomic: a temp file in the target folder, then a rename.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -200,7 +201,64 @@ def write_table(
     on any error the temp file is removed and the error re-raised (a
     filesystem error as a one-line GenaugError).
     """
-    path = Path(path)
+    write_tables([(table, path, genaug_metadata, class_names)])
+
+
+def write_tables(outputs: Sequence[tuple[pa.Table, str | os.PathLike, dict, list[str] | None]]) -> None:
+    """Write several `(table, path, genaug_metadata, class_names)` outputs as one step.
+
+    Every table is written to its temp file first, and only then renamed into
+    place; a file being replaced is kept aside until every rename succeeded.
+    A job with two outputs (a table and its resample) so never leaves one
+    of them behind, or an old one destroyed, after failing on the other.
+    """
+    temps: list[tuple[Path, Path]] = []
+    current = None
+    try:
+        for table, current, genaug_metadata, class_names in outputs:
+            current = Path(current)
+            temps.append((_write_temp(table, current, genaug_metadata, class_names), current))
+        for _, current in temps:
+            if current.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "is a folder", str(current))
+        _replace_all(temps)
+    except OSError as e:
+        raise GenaugError(f"cannot write {current}: {e.strerror or _first_line(e)}") from None
+    finally:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _replace_all(moves: list[tuple[Path, Path]]) -> None:
+    """Rename each temp file over its target; on a failure, put every target back as it was."""
+    done: list[tuple[Path, Path | None]] = []  # (target, backup of what it replaced)
+    try:
+        for tmp, target in moves:
+            backup = None
+            if len(moves) > 1 and target.exists():
+                backup = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.old")
+                os.replace(target, backup)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                if backup is not None:
+                    os.replace(backup, target)
+                raise
+            done.append((target, backup))
+    except BaseException:
+        for target, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                target.unlink(missing_ok=True)
+        raise
+    for _, backup in done:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+
+
+def _write_temp(table: pa.Table, path: Path, genaug_metadata: dict, class_names: list[str] | None) -> Path:
+    """`table` with its metadata in a hidden temp file beside `path` (removed again on error)."""
     meta = dict(table.schema.metadata or {})
     meta[b"huggingface"] = json.dumps({"info": {"features": hf_features(table.schema, class_names)}}).encode()
     meta[b"genaug"] = json.dumps(genaug_metadata, default=_json_default).encode()
@@ -210,13 +268,10 @@ def write_table(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GenaugError(f"cannot write {path}: {e.strerror or _first_line(e)}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def _json_default(value):

@@ -42,9 +42,9 @@ from genaug.models.distributions import (
 
 # Downsample by 2 while the feature map is larger than this (8 -> 4, 28 -> 7, 32 -> 4, 64 -> 4).
 MAX_BOTTOM_SIZE = 7
-import os
-_K = int(os.environ.get('VAE_K', 3))
-_CAP = int(os.environ.get('VAE_CAP', 2))
+# Widths double per stage up to this multiple of `channels`, so the deepest
+# stages of 64x64+ images do not dominate the CPU time of training and scoring.
+MAX_WIDTH_MULTIPLE = 2
 
 
 @dataclass
@@ -81,7 +81,7 @@ class VAE(GenerativeModel):
         while len(self.sizes) == 1 or max(self.sizes[-1]) > MAX_BOTTOM_SIZE:
             self.sizes.append(((self.sizes[-1][0] + 1) // 2, (self.sizes[-1][1] + 1) // 2))
         stages = len(self.sizes) - 1
-        self.widths = [c] + [cfg.channels * min(2**i, _CAP) for i in range(stages)]
+        self.widths = [c] + [cfg.channels * min(2**i, MAX_WIDTH_MULTIPLE) for i in range(stages)]
         bottom = self.widths[-1] * self.sizes[-1][0] * self.sizes[-1][1]
 
         layers: list[nn.Module] = []
@@ -97,7 +97,7 @@ class VAE(GenerativeModel):
         # Stage i maps widths[i + 1] at sizes[i + 1] to widths[i] (or 2C outputs) at sizes[i]:
         # a 3x3 conv to 4x the channels at the low resolution, then a pixel shuffle.
         self.up = nn.ModuleList(
-            nn.Conv2d(self.widths[i + 1], 4 * (self.widths[i] if i > 0 else 2 * c), _K, padding=_K // 2)
+            nn.Conv2d(self.widths[i + 1], 4 * (self.widths[i] if i > 0 else 2 * c), 3, padding=1)
             for i in reversed(range(stages))
         )
 
