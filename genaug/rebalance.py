@@ -419,14 +419,14 @@ def latent_smote(
     1. an anchor a is drawn from the rare set with probability proportional
        to its weight (the rarest images anchor most often);
     2. a neighbour b is drawn uniformly from a's `k` nearest neighbours
-       (Euclidean, in z) among the *other* rare images - with the same label
-       when `labels` is given;
+       (Euclidean, in z) among the *other* rare images; when `labels` is
+       given, only those of a's label among these k count;
     3. z_new = z_a + u (z_b - z_a), u ~ U(0, 1).
 
-    With fewer than k candidates, all of them are used. An anchor with no
-    candidate at all (the only rare image of its label) yields an exact copy
-    of itself (b = a): interpolating toward another label or a common image
-    would leave the rare region or change the class.
+    An anchor with no candidate (no rare image of its label among its k
+    nearest) yields an exact copy of itself (b = a): interpolating toward a
+    farther image, another label or a common image would leave the rare
+    region or change the class.
 
     Returns (new_z [n, d], anchor_index [n], neighbour_index [n]); the indices
     point into `z`, and the label of new point i is labels[anchor_index[i]].
@@ -455,21 +455,23 @@ def latent_smote(
     rare = np.flatnonzero(w >= np.quantile(w, rare_quantile))
     p = w[rare] / w[rare].sum()
     anchors = rare[rng.choice(len(rare), size=n, replace=True, p=p)]
-    neighbours = np.empty(n, dtype=np.int64)
-    groups = [rare] if labels is None else [rare[labels[rare] == c] for c in np.unique(labels[rare])]
-    for group in groups:
-        here = np.flatnonzero(np.isin(anchors, group))
-        if here.size == 0:
-            continue
-        if len(group) == 1:
-            neighbours[here] = group[0]
-            continue
-        m = min(k + 1, len(group))
-        _, found = NearestNeighbors(n_neighbors=m).fit(z[group]).kneighbors(z[anchors[here]])
-        for row, anchor, cand in zip(here, anchors[here], group[found]):
-            # Drop the anchor itself (not necessarily first when latents repeat).
-            cand = cand[cand != anchor][:k]
-            neighbours[row] = cand[rng.integers(len(cand))]
+    # The neighbourhood is geometric, among all rare images; labels only filter it.
+    # Searching within the anchor's label instead reaches across the latent space
+    # when a label has few rare members: on digits with 2% inverted images, an
+    # inverted 3 was paired with a plain 3 and decoded to grey mush (bench_rebalance:
+    # rare-group accuracy 0.541 with the old rule, 0.611 with this one, over 3 seeds).
+    unique, row_of = np.unique(anchors, return_inverse=True)
+    m = min(k + 1, len(rare))
+    _, found = NearestNeighbors(n_neighbors=m).fit(z[rare]).kneighbors(z[unique])
+    neighbours = anchors.copy()
+    for row, anchor in enumerate(anchors):
+        # Drop the anchor itself (not necessarily first when latents repeat).
+        cand = rare[found[row_of[row]]]
+        cand = cand[cand != anchor][:k]
+        if labels is not None:
+            cand = cand[labels[cand] == labels[anchor]]
+        if cand.size:
+            neighbours[row] = cand[rng.integers(cand.size)]
     u = rng.random(n)[:, None]
     new_z = z[anchors] + u * (z[neighbours] - z[anchors])
     return new_z, anchors.astype(np.int64), neighbours

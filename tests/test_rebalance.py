@@ -342,6 +342,23 @@ def test_smote_respects_labels(biased, default_weights):
     np.testing.assert_array_equal(labels[a], labels[b])
 
 
+def test_smote_neighbours_are_near_rare_images_of_the_same_label_or_the_anchor_itself(biased, default_weights):
+    from sklearn.neighbors import NearestNeighbors
+
+    z, _ = biased
+    labels = np.random.default_rng(1).integers(0, 6, size=N)
+    k = 3
+    _, a, b = rb.latent_smote(z, default_weights, 400, k=k, labels=labels, seed=0)
+    rare = np.flatnonzero(rb.rarest_mask(default_weights))
+    _, found = NearestNeighbors(n_neighbors=k + 1).fit(z[rare]).kneighbors(z[a])
+    for anchor, neighbour, near in zip(a, b, rare[found]):
+        near = near[near != anchor][:k]
+        same = near[labels[near] == labels[anchor]]
+        # Never a far partner: a segment to a distant image would cross the common region.
+        assert neighbour in same if same.size else neighbour == anchor
+    assert np.any(a == b) and np.any(a != b)
+
+
 def test_smote_copies_the_only_rare_member_of_a_class_and_uses_fewer_than_k_candidates():
     z = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0], [9.0, 9.0]])
     w = np.ones(5)
