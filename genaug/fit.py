@@ -61,6 +61,20 @@ def train_on(
     return model
 
 
+@torch.inference_mode()
+def reconstruct(
+    model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int = 1024
+) -> torch.Tensor:
+    """uint8 decoder outputs for the latent codes of `images` (posterior means), on the CPU."""
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size].to(model.device)
+        y = None if labels is None else labels[start : start + batch_size].to(model.device)
+        out.append(model.decode(model.encode(x), y).cpu())
+    return torch.cat(out)
+
+
 def fit(
     data: ImageSet,
     *,
@@ -89,17 +103,25 @@ def fit(
     model = new_model(data, family, conditional=conditional, model_options=model_options, seed=config.seed)
     train_on(model, data.subset(train_idx), config, console)
     cal = data.subset(cal_idx)
-    raw = score_images(
-        model, cal.images, cal.label_tensor() if model.num_classes > 0 else None, k=iwae_k, seed=config.seed
-    )
+    cal_labels = cal.label_tensor() if model.num_classes > 0 else None
+    raw = score_images(model, cal.images, cal_labels, k=iwae_k, seed=config.seed)
+    calibration = {
+        "iwae_k": iwae_k,
+        "bits_per_dim": raw.bits_per_dim.tolist(),
+        "png_bits_per_dim": raw.png_bits_per_dim.tolist(),
+    }
+    if {"encode", "decode"} <= model.capabilities:
+        # What the decoder makes of the same held-out images: the reference for
+        # its samples, which are decoder outputs too (see genaug.synthesize).
+        rec = score_images(model, reconstruct(model, cal.images, cal_labels), cal_labels, k=iwae_k, seed=config.seed)
+        calibration["reconstruction"] = {
+            "bits_per_dim": rec.bits_per_dim.tolist(),
+            "png_bits_per_dim": rec.png_bits_per_dim.tolist(),
+        }
     model.metadata.update(
         {
             "genaug_version": __version__,
-            "calibration": {
-                "iwae_k": iwae_k,
-                "bits_per_dim": raw.bits_per_dim.tolist(),
-                "png_bits_per_dim": raw.png_bits_per_dim.tolist(),
-            },
+            "calibration": calibration,
             "data": {
                 "source": data.source,
                 "fingerprint": data.fingerprint(),

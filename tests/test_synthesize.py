@@ -41,6 +41,36 @@ def test_filter_keeps_only_samples_that_pass_bh(conditional_model):
     assert (out.p_value > 0).all() and out.score is not None
 
 
+def test_fit_stores_what_the_decoder_makes_of_the_calibration_images(conditional_model):
+    cal = conditional_model.metadata["calibration"]
+    rec = cal["reconstruction"]
+    assert len(rec["bits_per_dim"]) == len(rec["png_bits_per_dim"]) == len(cal["bits_per_dim"])
+    assert np.isfinite(rec["bits_per_dim"]).all() and np.isfinite(rec["png_bits_per_dim"]).all()
+    # They are other images than the real ones: decoder outputs code differently.
+    assert not np.allclose(rec["png_bits_per_dim"], cal["png_bits_per_dim"])
+
+
+def noisy_blobs(n: int = 300, size: int = 16, seed: int = 0):
+    """RGB discs on a plain background with sensor-like pixel noise (sd 6)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.empty((n, 3, size, size), np.uint8)
+    for i in range(n):
+        cy, cx = rng.uniform(size * 0.25, size * 0.75, 2)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(size * 0.12, size * 0.3) ** 2
+        out[i] = np.clip(np.where(disc, 60.0, 220.0)[None] + rng.normal(0, 6, (3, size, size)), 0, 255)
+    return genaug.ImageSet(torch.from_numpy(out), source="blobs")
+
+
+def test_the_filter_compares_samples_with_reconstructions_and_keeps_typical_ones():
+    model = genaug.fit(noisy_blobs(), train_config=TrainConfig(epochs=10, progress=False))
+    out = synthesize(model, 100, filter_fdr=0.1, seed=0)
+    assert out.settings["filter_reference"] == "reconstructions"
+    assert len(out.data) == 100 and out.n_drawn <= 150
+    # Samples are neither all extreme nor all far inside the reference: the test sees them.
+    assert 0.05 < np.median(out.p_value) < 0.95
+
+
 def test_label_checks(conditional_model, digits):
     with pytest.raises(GenaugError, match="label"):
         synthesize(conditional_model, 5, label=12)
