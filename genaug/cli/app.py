@@ -314,7 +314,8 @@ def _print_top(result, n: int) -> None:
         return
     table = Table(title=f"top {min(n, len(result.data))} outliers", title_justify="left")
     for name in ("rank", "index", "id", "label", "score", "bits/dim", "p-value", "flagged"):
-        table.add_column(name, justify="left" if name == "id" else "right")
+        # Ids are what users search for: wrap them rather than cut them short.
+        table.add_column(name, justify="left" if name == "id" else "right", overflow="fold" if name == "id" else "ellipsis")
     labels, names = result.data.labels, result.data.class_names
     for i in result.top(n):
         label = "" if labels is None else (names[labels[i]] if names else str(labels[i]))
@@ -336,6 +337,8 @@ def _print_top(result, n: int) -> None:
 def info(
     path: Annotated[Optional[str], typer.Argument(help="A dataset, a checkpoint (.safetensors) or a genaug Parquet output.")] = None,
     models: Annotated[bool, typer.Option("--models", help="List the model families.")] = False,
+    image_size: ImageSize = None,
+    mode: ColorMode = None,
     image_column: ImageColumn = None,
     label_column: LabelColumn = None,
 ) -> None:
@@ -348,7 +351,7 @@ def info(
     if path.endswith(".safetensors"):
         _info_checkpoint(path)
     else:
-        _info_dataset(path, image_column, label_column)
+        _info_dataset(path, image_size, mode, image_column, label_column)
 
 
 def _info_checkpoint(path: str) -> None:
@@ -377,10 +380,10 @@ def _info_checkpoint(path: str) -> None:
     out.print(table)
 
 
-def _info_dataset(path: str, image_column, label_column) -> None:
+def _info_dataset(path: str, image_size, mode, image_column, label_column) -> None:
     import numpy as np
 
-    images = _load(path, None, None, image_column, label_column, None)
+    images = _load(path, image_size, mode, image_column, label_column, None)
     c, h, w = images.shape
     out.print(f"{images.source}: {len(images)} images, {c}x{h}x{w} (C x H x W), uint8", highlight=False)
     if images.labels is not None:
