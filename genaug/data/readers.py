@@ -1,10 +1,9 @@
 """Readers: a folder of images, a Parquet file, an `.npz`, or a built-in dataset.
 
-Every reader returns an `ImageSet` of uint8 [N, C, H, W]. JPEG, GIF and
-WebP decode with torchvision; PNG and everything else (BMP, TIFF) with PIL,
-which survives corrupt files (see `_decode`). Decoding runs in a thread pool
-since both decoders release the GIL. Bad input is a one-line `GenaugError`
-naming the file or column.
+Every reader returns an `ImageSet` of uint8 [N, C, H, W]. Every format
+decodes with Pillow, which survives corrupt files (see `_decode`); large
+images decode in a thread pool, since Pillow releases the GIL. Bad input is
+a one-line `GenaugError` naming the file or column.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from genaug.data.imageset import ImageSet
 from genaug.errors import GenaugError
@@ -403,6 +401,10 @@ def _stack(tensors: list[torch.Tensor], ids: Sequence[str], size, mode, source: 
 
 
 def _convert(t: torch.Tensor, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
+    # Imported here: torchvision.transforms pulls in torch._dynamo and sympy,
+    # a second of start-up that only resizing and gray conversion need.
+    from torchvision.transforms.v2 import functional as TF
+
     # To gray before resizing and to RGB after: resize the fewest channels.
     if channels == 1 and t.shape[0] == 3:
         t = TF.rgb_to_grayscale(t)

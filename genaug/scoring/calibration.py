@@ -10,7 +10,6 @@ robust normal fit to the bulk of the scores; see `robust_p_values`.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from genaug.errors import GenaugError
 
@@ -34,6 +33,8 @@ def benjamini_hochberg(p_values: np.ndarray, fdr: float) -> np.ndarray:
     p = np.asarray(p_values, dtype=np.float64)
     if p.size == 0:
         return np.zeros(0, dtype=bool)
+    from scipy import stats  # half a second to import; only flagging needs it
+
     return stats.false_discovery_control(p, method="bh") <= fdr
 
 
@@ -49,6 +50,8 @@ def robust_p_values(scores: np.ndarray) -> np.ndarray:
     scale = _MAD_TO_SIGMA * np.median(np.abs(s - median))
     if not np.isfinite(scale) or scale <= 0:
         scale = np.std(s) or 1.0
+    from scipy import stats
+
     return stats.norm.sf((s - median) / scale)
 
 
