@@ -8,7 +8,6 @@ Writes are atomic: a temp file in the target folder, then a rename.
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -213,17 +212,17 @@ def write_tables(outputs: Sequence[tuple[pa.Table, str | os.PathLike, dict, list
     of them behind, or an old one destroyed, after failing on the other.
     """
     temps: list[tuple[Path, Path]] = []
-    current = None
     try:
-        for table, current, genaug_metadata, class_names in outputs:
-            current = Path(current)
-            temps.append((_write_temp(table, current, genaug_metadata, class_names), current))
-        for _, current in temps:
-            if current.is_dir():
-                raise IsADirectoryError(errno.EISDIR, "is a folder", str(current))
+        for table, path, genaug_metadata, class_names in outputs:
+            path = Path(path)
+            try:
+                temps.append((_write_temp(table, path, genaug_metadata, class_names), path))
+            except OSError as e:
+                raise _write_error(path, e) from None
+        for _, path in temps:
+            if path.is_dir():
+                raise GenaugError(f"cannot write {path}: it is a folder")
         _replace_all(temps)
-    except OSError as e:
-        raise GenaugError(f"cannot write {current}: {e.strerror or _first_line(e)}") from None
     finally:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
@@ -235,14 +234,16 @@ def _replace_all(moves: list[tuple[Path, Path]]) -> None:
     try:
         for tmp, target in moves:
             backup = None
-            if len(moves) > 1 and target.exists():
-                backup = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.old")
-                os.replace(target, backup)
             try:
+                if len(moves) > 1 and target.exists():
+                    backup = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.old")
+                    os.replace(target, backup)
                 os.replace(tmp, target)
-            except BaseException:
-                if backup is not None:
+            except BaseException as e:  # an interrupt too: the old file goes back
+                if backup is not None and not target.exists():
                     os.replace(backup, target)
+                if isinstance(e, OSError):
+                    raise _write_error(target, e) from None
                 raise
             done.append((target, backup))
     except BaseException:
@@ -255,6 +256,10 @@ def _replace_all(moves: list[tuple[Path, Path]]) -> None:
     for _, backup in done:
         if backup is not None:
             backup.unlink(missing_ok=True)
+
+
+def _write_error(path: Path, e: OSError) -> GenaugError:
+    return GenaugError(f"cannot write {path}: {e.strerror or _first_line(e)}")
 
 
 def _write_temp(table: pa.Table, path: Path, genaug_metadata: dict, class_names: list[str] | None) -> Path:
