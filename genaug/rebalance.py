@@ -463,15 +463,15 @@ def latent_smote(
     unique, row_of = np.unique(anchors, return_inverse=True)
     m = min(k + 1, len(rare))
     _, found = NearestNeighbors(n_neighbors=m).fit(z[rare]).kneighbors(z[unique])
-    neighbours = anchors.copy()
-    for row, anchor in enumerate(anchors):
+    candidates = []
+    for anchor, near in zip(unique, rare[found]):
         # Drop the anchor itself (not necessarily first when latents repeat).
-        cand = rare[found[row_of[row]]]
-        cand = cand[cand != anchor][:k]
-        if labels is not None:
-            cand = cand[labels[cand] == labels[anchor]]
-        if cand.size:
-            neighbours[row] = cand[rng.integers(cand.size)]
+        cand = near[near != anchor][:k]
+        candidates.append(cand if labels is None else cand[labels[cand] == labels[anchor]])
+    neighbours = anchors.copy()
+    for row, u in enumerate(row_of):
+        if candidates[u].size:
+            neighbours[row] = candidates[u][rng.integers(candidates[u].size)]
     u = rng.random(n)[:, None]
     new_z = z[anchors] + u * (z[neighbours] - z[anchors])
     return new_z, anchors.astype(np.int64), neighbours

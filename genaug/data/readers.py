@@ -401,12 +401,15 @@ def _stack(tensors: list[torch.Tensor], ids: Sequence[str], size, mode, source: 
 
 
 def _convert(t: torch.Tensor, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
+    to_gray = channels == 1 and t.shape[0] == 3
+    if not to_gray and (size is None or tuple(t.shape[1:]) == size):
+        return t.expand(channels, -1, -1)  # gray -> RGB is a view; nothing else to do
     # Imported here: torchvision.transforms pulls in torch._dynamo and sympy,
     # a second of start-up that only resizing and gray conversion need.
     from torchvision.transforms.v2 import functional as TF
 
     # To gray before resizing and to RGB after: resize the fewest channels.
-    if channels == 1 and t.shape[0] == 3:
+    if to_gray:
         t = TF.rgb_to_grayscale(t)
     if size is not None and tuple(t.shape[1:]) != size:
         t = TF.resize(t, list(size), antialias=True)
