@@ -10,38 +10,62 @@ The Python API mirrors the CLI::
     model = genaug.fit(clean)                      # train + calibration split
     genaug.save_model(model, "model.safetensors")
     genaug.detect_outliers(new_data, model=model).write("outliers.parquet")
+
+Names are imported on first use: `import genaug` (and so `genaug --version`
+or a Ctrl-C at start-up) does not wait for torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-# NOTE: the job functions share their modules' names (genaug.fit is the
-# function, genaug.fit's module is importable as usual); importing them here,
-# after __version__, keeps `genaug.fit(...)` the function however the
-# submodules are imported later.
-from genaug.augment import augment  # noqa: E402
-from genaug.data.imageset import ImageSet  # noqa: E402
-from genaug.data.readers import load_images  # noqa: E402
-from genaug.detect import DetectionResult, detect_outliers  # noqa: E402
-from genaug.errors import GenaugError  # noqa: E402
-from genaug.fit import fit  # noqa: E402
-from genaug.models.store import load_model, save_model  # noqa: E402
-from genaug.rebalance import RebalanceResult, rebalance  # noqa: E402
-from genaug.synthesize import synthesize  # noqa: E402
-from genaug.train import TrainConfig  # noqa: E402
+import sys
+import types
+from importlib import import_module
 
-__all__ = [
-    "DetectionResult",
-    "RebalanceResult",
-    "GenaugError",
-    "ImageSet",
-    "TrainConfig",
-    "__version__",
-    "augment",
-    "detect_outliers",
-    "fit",
-    "load_images",
-    "load_model",
-    "rebalance",
-    "save_model",
-    "synthesize",
-]
+from genaug._version import __version__
+
+# public name -> module that defines it
+_EXPORTS = {
+    "augment": "genaug.augment",
+    "ImageSet": "genaug.data.imageset",
+    "load_images": "genaug.data.readers",
+    "DetectionResult": "genaug.detect",
+    "detect_outliers": "genaug.detect",
+    "GenaugError": "genaug.errors",
+    "fit": "genaug.fit",
+    "load_model": "genaug.models.store",
+    "save_model": "genaug.models.store",
+    "RebalanceResult": "genaug.rebalance",
+    "rebalance": "genaug.rebalance",
+    "synthesize": "genaug.synthesize",
+    "TrainConfig": "genaug.train",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+class _Package(types.ModuleType):
+    """The package module: job functions keep their names when their modules are imported.
+
+    NOTE: `genaug.fit` is both a function and a module. Importing a
+    submodule sets it as an attribute of the package, which would replace
+    the function; here the function wins (import the module with
+    `importlib.import_module("genaug.fit")`).
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+    def __getattr__(self, name: str):
+        if name not in _EXPORTS:
+            raise AttributeError(f"module 'genaug' has no attribute '{name}'")
+        value = getattr(import_module(_EXPORTS[name]), name)
+        types.ModuleType.__setattr__(self, name, value)
+        return value
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(_EXPORTS))
+
+
+sys.modules[__name__].__class__ = _Package

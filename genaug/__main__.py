@@ -1,5 +1,5 @@
 """`python -m genaug` is the `genaug` command."""
 
-from genaug.cli.app import main
+from genaug.cli import main
 
 raise SystemExit(main())

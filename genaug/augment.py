@@ -56,7 +56,9 @@ from rich.console import Console
 
 from genaug.data.imageset import ImageSet
 from genaug.errors import GenaugError
+from genaug.limits import check_fits_in_memory
 from genaug.progress import progress_bar
+from genaug.terminal import SafeConsole
 
 # albumentations asks PyPI for a newer version on import (a network call of up
 # to 2 s and a warning, or a warning when offline); genaug never goes online.
@@ -252,11 +254,12 @@ def augment_images(
         raise GenaugError(f"copies must be a positive integer, got {copies!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise GenaugError(f"seed must be a non-negative integer, got {seed!r}")
-    pipeline = load_recipe(recipe)
     n, c, h, w = images.shape
+    check_fits_in_memory(copies * n, (c, h, w), "--copies")
+    pipeline = load_recipe(recipe)
     hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
     out = np.empty((copies * n, h, w, c), dtype=np.uint8)
-    console = progress if isinstance(progress, Console) else Console(stderr=True) if progress else None
+    console = progress if isinstance(progress, Console) else SafeConsole(stderr=True) if progress else None
     with progress_bar(console, f"augmenting ({recipe_label(recipe)})", copies * n) as advance:
         for k in range(copies):
             for i in range(n):

@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 from rich.console import Console
+from rich.text import Text
 
-from genaug import __version__
+from genaug._version import __version__
 from genaug.data.imageset import ImageSet
 from genaug.data.parquet import image_table, write_table
 from genaug.errors import GenaugError
@@ -127,6 +128,8 @@ def detect_outliers(
     check_fraction("fdr", fdr)
     if contamination is not None:
         check_fraction("contamination", contamination)
+    if iwae_k is not None and not (isinstance(iwae_k, int) and iwae_k >= 1):
+        raise GenaugError(f"--iwae-k must be an integer of at least 1, got {iwae_k}")
     settings: dict = {"score": kind, "fdr": fdr, "contamination": contamination}
 
     if model is not None:
@@ -136,7 +139,7 @@ def detect_outliers(
         calibration = model.metadata.get("calibration")
         if not calibration:
             raise GenaugError("the model has no calibration scores: fit it with `genaug fit` / genaug.fit()")
-        k = int(iwae_k or calibration.get("iwae_k", DEFAULT_IWAE_K))
+        k = int(calibration.get("iwae_k", DEFAULT_IWAE_K) if iwae_k is None else iwae_k)
         if k != calibration.get("iwae_k", DEFAULT_IWAE_K):
             raise GenaugError(f"the model was calibrated with --iwae-k {calibration.get('iwae_k')}; score with the same k")
         labels = data.label_tensor() if model.num_classes > 0 else None
@@ -148,7 +151,7 @@ def detect_outliers(
         p = conformal_p_values(score_values(cal, kind), s)
         settings.update(mode="reference", model=model.name, model_hash=model_hash(model), iwae_k=k, n_calibration=len(cal.bits_per_dim))
     else:
-        k = int(iwae_k or DEFAULT_IWAE_K)
+        k = int(DEFAULT_IWAE_K if iwae_k is None else iwae_k)
         raw = cross_fit_scores(
             data, family=family, model_options=model_options, folds=folds, iwae_k=k,
             train_config=train_config, batch_size=batch_size, console=console,
@@ -221,7 +224,7 @@ def cross_fit_scores(
     for f in range(folds):
         held_out = np.flatnonzero(fold_of == f)
         if console is not None:
-            console.print(f"[dim]self-audit fold {f + 1}/{folds}: training on {n - held_out.size} images[/dim]")
+            console.print(Text(f"self-audit fold {f + 1}/{folds}: training on {n - held_out.size} images", style="dim"))
         model = new_model(data, family, model_options=model_options, seed=config.seed)
         train_on(model, data.subset(fold_of != f), config, console)
         part = data.subset(held_out)

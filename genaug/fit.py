@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from genaug import __version__
+from genaug._version import __version__
 from genaug.data.imageset import ImageSet
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from genaug.terminal import markup_safe
+
 
 @contextmanager
 def progress_bar(console: Console | None, description: str, total: int) -> Iterator[Callable[[int], None]]:
@@ -17,5 +19,6 @@ def progress_bar(console: Console | None, description: str, total: int) -> Itera
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
+        # Descriptions may quote user text (a recipe path); progress bars read markup.
+        task = bar.add_task(markup_safe(description), total=total)
         yield lambda n: bar.advance(task, n)

@@ -57,10 +57,11 @@ import pyarrow as pa
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from genaug import __version__
+from genaug._version import __version__
 from genaug.data.imageset import ImageSet
 from genaug.data.parquet import image_table, write_tables
 from genaug.errors import GenaugError
+from genaug.limits import check_fits_in_memory
 from genaug.fit import new_model, train_on
 from genaug.models.base import GenerativeModel
 from genaug.models.store import load_model, model_hash
@@ -643,6 +644,7 @@ def rebalance(
         raise GenaugError("--per-class needs labelled data")
     if synthesize < 0:
         raise GenaugError(f"--synthesize must be >= 0, got {synthesize}")
+    check_fits_in_memory(synthesize, data.shape, "--synthesize")
     size = len(data) if size is None else size
     if size < 1:
         raise GenaugError(f"--size must be at least 1, got {size}")

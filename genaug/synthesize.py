@@ -20,6 +20,7 @@ Families without that entry are compared with the real images.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,7 @@ from rich.console import Console
 from genaug.data.imageset import ImageSet
 from genaug.data.parquet import image_table
 from genaug.errors import GenaugError
+from genaug.limits import check_fits_in_memory
 from genaug.models.base import GenerativeModel
 from genaug.models.store import model_hash
 from genaug.progress import progress_bar
@@ -126,8 +128,9 @@ def synthesize(
         raise GenaugError(f"model family '{model.name}' cannot sample")
     if n < 1:
         raise GenaugError(f"-n must be at least 1, got {n}")
-    if temperature <= 0:
-        raise GenaugError(f"--temperature must be positive, got {temperature}")
+    check_fits_in_memory(n, model.image_shape, "-n")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise GenaugError(f"--temperature must be a positive finite number, got {temperature}")
     generator = torch.Generator().manual_seed(seed)
     settings = {"n": n, "label": label, "temperature": temperature, "filter_fdr": filter_fdr, "seed": seed}
     if filter_fdr is None:
@@ -215,12 +218,14 @@ def augmented_table(
     """
     from genaug.augment import augment, recipe_label
 
-    if synthetic_ratio < 0:
-        raise GenaugError(f"--synthetic-ratio must be >= 0, got {synthetic_ratio}")
+    if not (synthetic_ratio >= 0 and math.isfinite(synthetic_ratio)):
+        raise GenaugError(f"--synthetic-ratio must be a finite number >= 0, got {synthetic_ratio}")
     if synthetic_ratio > 0 and model is None:
         raise GenaugError("--synthetic-ratio needs --model-path (a fitted model to sample from)")
     if model is not None and tuple(model.image_shape) != data.shape:
         raise GenaugError(f"the model makes {tuple(model.image_shape)} images but the data is {data.shape}; pass --image-size")
+    if isinstance(copies, int) and copies > 0:  # augment() checks copies itself
+        check_fits_in_memory(round(synthetic_ratio * copies * len(data)), data.shape, "--synthetic-ratio")
     aug = augment(data, recipe, copies=copies, seed=seed, progress=console or False)
     parts = []
 

@@ -5,11 +5,17 @@ minimised; its "nll", when present, is shown in bits/dim) and `nll` for
 validation. Device is automatic (CUDA when present), bf16 autocast on CUDA,
 float32 on CPU; runs are seeded and reproducible on CPU; a validation split
 drives early stopping and the best weights are restored at the end.
+
+Divergence (a NaN or infinite loss, gradient norm, weight or validation
+score) is survived once: the weights and optimizer state of the last good
+epoch come back, the learning rate is lowered, and the epoch runs again. A
+second divergence is one GenaugError line. A trained model never holds NaN.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -22,6 +28,8 @@ from genaug.models.base import GenerativeModel, bits_per_dim
 
 MIN_IMAGES_FOR_VALIDATION = 20
 AUTO_IMAGES = 200_000
+# After the first divergence the learning rate is multiplied by this; there is no second chance.
+DIVERGENCE_LR_FACTOR = 0.1
 
 
 @dataclass
@@ -63,13 +71,21 @@ class TrainReport:
     images_per_second: float
     device: str
     stopped_early: bool
+    # Set when training diverged once and went on from the last good epoch at a lower rate.
+    lr_lowered_at_epoch: int | None = None
+    final_lr: float | None = None
 
     def summary(self) -> str:
         """One line for humans."""
         val = "no validation split" if self.best_val_bits_per_dim is None else f"val {self.best_val_bits_per_dim:.3f} bits/dim"
+        lowered = (
+            ""
+            if self.lr_lowered_at_epoch is None
+            else f"; diverged in epoch {self.lr_lowered_at_epoch}, lr lowered to {self.final_lr:g}"
+        )
         return (
             f"trained {self.family} for {self.epochs_run} epochs (best {self.best_epoch}) in {self.seconds:.1f} s, "
-            f"{self.images_per_second:,.0f} img/s on {self.device}; {val}"
+            f"{self.images_per_second:,.0f} img/s on {self.device}; {val}{lowered}"
         )
 
 
@@ -110,8 +126,10 @@ def train(
     n = images.shape[0]
     if n == 0:
         raise GenaugError("no images to train on")
-    if (config.epochs is not None and config.epochs < 1) or config.batch_size < 1 or config.lr < 0:
-        raise GenaugError("epochs and batch size must be positive and lr non-negative")
+    if (config.epochs is not None and config.epochs < 1) or config.batch_size < 1:
+        raise GenaugError("epochs and batch size must be positive")
+    if not (math.isfinite(config.lr) and config.lr >= 0):
+        raise GenaugError(f"lr must be a finite non-negative number, got {config.lr}")
     if config.trim_fraction is not None and not 0 <= config.trim_fraction < 1:
         raise GenaugError(f"--trim must be in [0, 1), got {config.trim_fraction}")
     device = resolve_device(config.device)
@@ -141,43 +159,61 @@ def train(
     if device.type == "cuda":
         torch.cuda.manual_seed_all(config.seed)
 
-    best = (float("inf"), 0, None)
-    epochs_run, stopped_early, train_bpd, seen = 0, False, None, 0
+    lr, lowered_at = config.lr, None
+    # The weights and optimizer state to fall back to: those of the last epoch
+    # that ended finite (at first, the initial ones). Best is always one of them.
+    good = _snapshot(model, optimizer)
+    best = (float("inf"), 0, good[0])
+    epoch, epochs_run, stopped_early, train_bpd, seen = 0, 0, False, None, 0
     show = config.progress and console is not None
     started = time.perf_counter()
     with _progress(show, console) as bar:
         task = bar.add_task(f"training {model.name}", total=epochs) if bar else None
-        for epoch in range(1, epochs + 1):
+        while epoch < epochs:
+            epoch += 1
             model.train()
             if sample_weights is None:
                 pick = torch.randperm(train_idx.numel(), generator=generator)
             else:
                 pick = torch.multinomial(train_weights, train_idx.numel(), replacement=True, generator=generator)
             order = train_idx[pick.to(device)]
-            nll_sum, nll_count = 0.0, 0
-            for start in range(0, order.numel(), config.batch_size):
-                batch = order[start : start + config.batch_size]
-                with autocast:
-                    losses = model.training_losses(x_all[batch], None if y_all is None else y_all[batch])
-                loss = trimmed_loss(losses, config.trim_fraction)
-                if not torch.isfinite(loss):
-                    raise GenaugError(f"training diverged (loss {loss.item()}) at epoch {epoch}; lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                seen += batch.numel()
-                if "nll" in losses:
-                    nll_sum += float(losses["nll"].float().sum())
-                    nll_count += batch.numel()
+            step = _train_epoch(model, optimizer, x_all, y_all, order, config, autocast)
+            seen += step.seen
+            problem, val_bpd = step.problem, None
+            if problem is None and not _finite_state(model):
+                problem = "a weight became NaN or infinite"
+            if problem is None and n_val:
+                val_bpd = _validate(model, x_all, y_all, val_idx, config, val_weights)
+                if not math.isfinite(val_bpd):
+                    problem = f"validation score {val_bpd}"
+            if problem is not None:
+                model.load_state_dict(good[0])  # even when giving up: never leave NaN weights behind
+                if lowered_at is not None:
+                    model.eval()
+                    raise GenaugError(
+                        f"training diverged twice ({problem} in epoch {epoch}, after lowering the learning rate "
+                        f"to {lr:g} in epoch {lowered_at}); lower --lr (now {config.lr:g})"
+                    )
+                lr, lowered_at = lr * DIVERGENCE_LR_FACTOR, epoch
+                optimizer.load_state_dict(copy.deepcopy(good[1]))  # a copy: the optimizer updates its state in place
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if show:
+                    back = f"the weights of epoch {epoch - 1}" if epoch > 1 else "the initial weights"
+                    console.print(
+                        f"training diverged in epoch {epoch} ({problem}): back to {back}, learning rate lowered to {lr:g}",
+                        highlight=False,
+                    )
+                epoch -= 1  # run this epoch again from the restored weights
+                continue
             epochs_run = epoch
-            train_bpd = bits_per_dim(nll_sum / nll_count, model.num_dims) if nll_count else None
-            val_bpd = _validate(model, x_all, y_all, val_idx, config, val_weights) if n_val else None
+            train_bpd = step.train_bpd
+            good = _snapshot(model, optimizer)
             score = val_bpd if val_bpd is not None else epoch  # no split: keep the last weights
             if val_bpd is None or score < best[0]:
-                best = (score, epoch, copy.deepcopy(model.state_dict()))
+                best = (score, epoch, good[0])
             if bar:
-                shown = f"train {train_bpd:.3f}" if train_bpd is not None else f"loss {float(loss):.4f}"
+                shown = f"train {train_bpd:.3f}" if train_bpd is not None else f"loss {step.last_loss:.4f}"
                 if val_bpd is not None:
                     shown += f", val {val_bpd:.3f}"
                 bar.update(task, advance=1, description=f"training {model.name} ({shown} bits/dim)")
@@ -191,17 +227,65 @@ def train(
         family=model.name,
         epochs_run=epochs_run,
         best_epoch=best[1],
-        best_val_bits_per_dim=float(best[0]) if n_val else None,
+        best_val_bits_per_dim=float(best[0]) if n_val and math.isfinite(best[0]) else None,
         train_bits_per_dim=None if train_bpd is None else float(train_bpd),
         seconds=seconds,
         images_per_second=seen / max(seconds, 1e-9),
         device=str(device),
         stopped_early=stopped_early,
+        lr_lowered_at_epoch=lowered_at,
+        final_lr=lr,
     )
     model.metadata["training"] = {**asdict(report), "summary": report.summary(), "config": _config_dict(config)}
     if show:
         console.print(report.summary(), highlight=False)
     return report
+
+
+@dataclass
+class _EpochResult:
+    seen: int  # images stepped on
+    train_bpd: float | None  # mean training bits/dim, None when the family reports no finite nll
+    last_loss: float
+    problem: str | None  # what diverged, None when every step was finite
+
+
+def _train_epoch(model, optimizer, x_all, y_all, order, config: TrainConfig, autocast) -> _EpochResult:
+    """One pass over `order`; stops at the first non-finite loss or gradient norm, before stepping on it."""
+    nll_sum, nll_count, seen, loss = 0.0, 0, 0, None
+    for start in range(0, order.numel(), config.batch_size):
+        batch = order[start : start + config.batch_size]
+        with autocast:
+            losses = model.training_losses(x_all[batch], None if y_all is None else y_all[batch])
+        loss = trimmed_loss(losses, config.trim_fraction)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        # One device sync per step for both checks; a NaN norm would also turn every clipped gradient NaN.
+        if not bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
+            value = float(loss.detach())
+            what = f"loss {value:g}" if not math.isfinite(value) else f"gradient norm {float(norm):g}"
+            return _EpochResult(seen, None, value, what)
+        optimizer.step()
+        seen += batch.numel()
+        if "nll" in losses:
+            nll_sum += float(losses["nll"].float().sum())
+            nll_count += batch.numel()
+    train_bpd = bits_per_dim(nll_sum / nll_count, model.num_dims) if nll_count else None
+    if train_bpd is not None and not math.isfinite(train_bpd):
+        train_bpd = None  # trimmed-out images can have infinite nll while the trained loss is finite
+    return _EpochResult(seen, train_bpd, float(loss.detach()) if loss is not None else float("nan"), None)
+
+
+def _snapshot(model, optimizer) -> tuple[dict, dict]:
+    """Copies of the model's and the optimizer's state, to come back to after a divergence."""
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+
+
+def _finite_state(model) -> bool:
+    """True when every floating-point weight and buffer is finite (one device sync)."""
+    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 def trimmed_loss(losses: dict, trim_fraction: float | None):

@@ -10,7 +10,7 @@ from genaug.models import build_model, load_model, model_hash, save_model
 
 def test_round_trip_scores_identically(tmp_path):
     model = build_model("vae", (1, 8, 8), 3, latent_dim=8)
-    model.metadata = {"class_names": ["a", "b", "c"], "calibration": {"bits_per_dim": [1.5, 2.5]}}
+    model.metadata = {"class_names": ["a", "b", "c"], "calibration": {"bits_per_dim": [1.5, 2.5], "png_bits_per_dim": [3.0, 4.0]}}
     path = tmp_path / "m.safetensors"
     save_model(model, path)
     loaded = load_model(path)

@@ -100,8 +100,8 @@ def test_cli_rebalance_with_a_saved_model(tmp_path, model, biased):
 
 def test_a_failed_second_output_leaves_neither_file(result, tmp_path):
     out, taken = tmp_path / "w.parquet", tmp_path / "taken"
-    taken.mkdir()  # the resample cannot be renamed over a folder
-    with pytest.raises(genaug.GenaugError, match="cannot write"):
+    taken.mkdir()  # the resample cannot replace a folder
+    with pytest.raises(genaug.GenaugError, match="taken is a folder"):
         result.write(out, resampled_path=taken)
     assert not out.exists() and taken.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

@@ -2,13 +2,16 @@
 
 Every command turns a `GenaugError` (bad input) into one line on stderr and
 exit code 2; anything unexpected becomes one line and exit code 1
-(`GENAUG_DEBUG=1` shows the traceback). Progress and summaries go to
-stderr, results (tables) to stdout.
+(`GENAUG_DEBUG=1` shows the traceback); Ctrl-C is one line and exit code 130.
+Progress and summaries go to stderr, results (tables) to stdout. Both
+consoles are `SafeConsole`s: file names, ids and labels print literally,
+never as markup or terminal control sequences.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shlex
 import sys
@@ -16,11 +19,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from genaug import __version__
+from genaug._version import __version__
 from genaug.errors import GenaugError
+from genaug.terminal import SafeConsole, inert
 
 app = typer.Typer(
     name="genaug",
@@ -29,8 +33,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = SafeConsole(soft_wrap=True)
+err = SafeConsole(stderr=True, soft_wrap=True)
+# The most a seed may be: torch and numpy both take any int64 >= 0.
+MAX_SEED = 2**63 - 1
+# `info` shows at most this many classes or characters of a checkpoint field.
+INFO_MAX_CLASSES = 50
+INFO_MAX_CHARS = 400
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,16 +52,40 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         code = app(args=args or ["--help"], prog_name="genaug", standalone_mode=False)
+    except KeyboardInterrupt:
+        print_error("interrupted", "")
+        return 130
     except Exception as e:
+        # click turns a Ctrl-C while parsing into Abort (a RuntimeError).
+        if type(e).__name__ == "Abort":
+            print_error("interrupted", "")
+            return 130
         # Typer's (vendored or external) click exceptions: duck-typed so any typer>=0.12 works.
         if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
             raise
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        message = " ".join(e.format_message().split())
-        err.print(f"[red]error:[/red] {message}{hint}", highlight=False, soft_wrap=True)
+        print_error("error:", " ".join(e.format_message().split()) + hint)
         return int(e.exit_code)
     return code if isinstance(code, int) else 0
+
+
+def print_error(prefix: str, message: str) -> None:
+    """`prefix message` as one red-prefixed line on stderr; never raises.
+
+    The message usually quotes user text (a path, an id, a label): it is
+    printed literally with control characters escaped, and should even the
+    console fail (a closed stderr, an encoding it cannot write), the line
+    goes out as plain ASCII or not at all rather than a second error.
+    """
+    line = " ".join(inert(message).split())
+    try:
+        err.print(Text.assemble((prefix, "red"), " " if line else "", line), soft_wrap=True)
+    except Exception:
+        try:
+            sys.stderr.write(f"{prefix} {line}".strip().encode("ascii", "backslashreplace").decode() + "\n")
+        except Exception:
+            pass
 
 
 def handles_errors(command):
@@ -63,10 +96,10 @@ def handles_errors(command):
         try:
             return command(*args, **kwargs)
         except GenaugError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            print_error("error:", str(e))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print("interrupted")
+            print_error("interrupted", "")
             raise typer.Exit(130) from None
         except typer.Exit:
             raise
@@ -74,11 +107,7 @@ def handles_errors(command):
             if os.environ.get("GENAUG_DEBUG"):
                 raise
             msg = (str(e).strip().splitlines() or [""])[0]
-            err.print(
-                f"[red]internal error:[/red] {type(e).__name__}: {msg} (GENAUG_DEBUG=1 shows the traceback)",
-                highlight=False,
-                soft_wrap=True,
-            )
+            print_error("internal error:", f"{type(e).__name__}: {msg} (GENAUG_DEBUG=1 shows the traceback)")
             raise typer.Exit(1) from None
 
     return wrapper
@@ -111,7 +140,7 @@ Epochs = Annotated[Optional[int], typer.Option(help="Maximum training epochs (ea
 BatchSize = Annotated[Optional[int], typer.Option(help="Training batch size.")]
 LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Learning rate.")]
 Device = Annotated[str, typer.Option(help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")]
-Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result on CPU.")]
+Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result on CPU.", min=0, max=MAX_SEED)]
 ModelOption = Annotated[
     Optional[list[str]], typer.Option("--model-option", help="Model constructor option KEY=VALUE, e.g. latent_dim=32.")
 ]
@@ -120,10 +149,21 @@ Trim = Annotated[
     Optional[float],
     typer.Option(help="Share of each batch's worst-fit images left out of training (default: 0.1 in self-audit, 0 in fit)."),
 ]
-IwaeK = Annotated[Optional[int], typer.Option(help="Importance samples for the likelihood bound (1 = ELBO).")]
+IwaeK = Annotated[Optional[int], typer.Option(help="Importance samples for the likelihood bound (1 = ELBO).", min=1)]
+AllowOutsideRoot = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-root",
+        help="Read image paths in a Parquet file or links in a folder that lead outside the dataset's folder.",
+    ),
+]
+MaxPixels = Annotated[
+    Optional[int],
+    typer.Option("--max-pixels", min=1, help="Refuse images with more pixels than this (default: 16,777,216 = 4096x4096)."),
+]
 
 
-def _load(data, image_size, mode, image_column, label_column, id_column):
+def _load(data, image_size, mode, image_column, label_column, id_column, allow_outside_root=False, max_pixels=None):
     from genaug.data.readers import load_images
 
     return load_images(
@@ -133,6 +173,8 @@ def _load(data, image_size, mode, image_column, label_column, id_column):
         image_column=image_column,
         label_column=label_column,
         id_column=id_column,
+        allow_outside_root=allow_outside_root,
+        max_pixels=max_pixels,
     )
 
 
@@ -168,8 +210,8 @@ def _train_config(epochs, batch_size, lr, device, seed, quiet, trim=None):
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
     for name, value in overrides.items():
-        if value is not None and value <= 0:
-            raise GenaugError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise GenaugError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
     return TrainConfig(
         device=device,
         seed=seed,
@@ -179,14 +221,11 @@ def _train_config(epochs, batch_size, lr, device, seed, quiet, trim=None):
     )
 
 
-def _check_output(output: Path, *inputs: str | None) -> Path:
-    """Refuse outputs that would overwrite an input or cannot be a file."""
-    if output.exists() and output.is_dir():
-        raise GenaugError(f"output is a folder, not a file: {output}")
-    for src in inputs:
-        if src and Path(src).exists() and Path(src).resolve() == output.resolve():
-            raise GenaugError(f"output would overwrite the input {src}; choose another -o")
-    return output
+def _check_output(output: Path, *inputs: tuple[str, object]) -> Path:
+    """Refuse an output that is one of the command's `(role, path)` inputs, or not a regular file or new name."""
+    from genaug.atomic import check_output
+
+    return check_output(output, inputs)
 
 
 def _command_line() -> str:
@@ -215,6 +254,8 @@ def fit(
     image_column: ImageColumn = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
+    allow_outside_root: AllowOutsideRoot = False,
+    max_pixels: MaxPixels = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a model on DATA, hold out a calibration split, and save it."""
@@ -224,15 +265,15 @@ def fit(
 
     if output.suffix != ".safetensors":
         raise GenaugError(f"-o must end in .safetensors, got {output}")
-    _check_output(output, data)
-    images = _load(data, image_size, mode, image_column, label_column, id_column)
+    _check_output(output, ("DATA", data))
+    images = _load(data, image_size, mode, image_column, label_column, id_column, allow_outside_root, max_pixels)
     model = fit_model(
         images,
         family=family,
         conditional=conditional,
         model_options=_model_options(model_option),
         calibration_fraction=calibration_fraction,
-        iwae_k=iwae_k or DEFAULT_IWAE_K,
+        iwae_k=DEFAULT_IWAE_K if iwae_k is None else iwae_k,
         train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim),
         console=None if quiet else err,
     )
@@ -272,6 +313,8 @@ def detect_outliers(
     image_column: ImageColumn = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
+    allow_outside_root: AllowOutsideRoot = False,
+    max_pixels: MaxPixels = None,
     quiet: Quiet = False,
 ) -> None:
     """Score every image of DATA, flag outliers, and write a ranked Parquet file."""
@@ -279,8 +322,8 @@ def detect_outliers(
     from genaug.models.store import load_model
     from genaug.train import resolve_device
 
-    _check_output(output, data)
-    images = _load(data, image_size, mode, image_column, label_column, id_column)
+    _check_output(output, ("DATA", data), ("--model-path", model_path))
+    images = _load(data, image_size, mode, image_column, label_column, id_column, allow_outside_root, max_pixels)
     model = load_model(model_path, device=resolve_device(device)) if model_path is not None else None
     result = run_detection(
         images,
@@ -299,7 +342,7 @@ def detect_outliers(
         result.settings["model_path"] = str(model_path)
     result.write(output, command=_command_line())
     for warning in result.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        err.print(Text.assemble(("warning:", "yellow"), " ", inert(warning)))
     _print_top(result, top)
     rule = result.settings["flag_rule"]
     out.print(
@@ -341,6 +384,8 @@ def info(
     mode: ColorMode = None,
     image_column: ImageColumn = None,
     label_column: LabelColumn = None,
+    allow_outside_root: AllowOutsideRoot = False,
+    max_pixels: MaxPixels = None,
 ) -> None:
     """Summarise a dataset, a checkpoint, or the available model families."""
     if models or path is None:
@@ -351,7 +396,7 @@ def info(
     if path.endswith(".safetensors"):
         _info_checkpoint(path)
     else:
-        _info_dataset(path, image_size, mode, image_column, label_column)
+        _info_dataset(path, image_size, mode, image_column, label_column, allow_outside_root, max_pixels)
 
 
 def _info_checkpoint(path: str) -> None:
@@ -376,20 +421,29 @@ def _info_checkpoint(path: str) -> None:
         "genaug version": meta.get("genaug_version"),
     }
     for key, value in rows.items():
-        table.add_row(key, str(value))
+        table.add_row(key, _cut(value))
     out.print(table)
 
 
-def _info_dataset(path: str, image_size, mode, image_column, label_column) -> None:
+def _cut(value: object, limit: int = INFO_MAX_CHARS) -> str:
+    """`str(value)`, cut to `limit` characters: a checkpoint or dataset may hold huge fields."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _info_dataset(path: str, image_size, mode, image_column, label_column, allow_outside_root, max_pixels) -> None:
     import numpy as np
 
-    images = _load(path, image_size, mode, image_column, label_column, None)
+    images = _load(path, image_size, mode, image_column, label_column, None, allow_outside_root, max_pixels)
     c, h, w = images.shape
     out.print(f"{images.source}: {len(images)} images, {c}x{h}x{w} (C x H x W), uint8", highlight=False)
     if images.labels is not None:
         counts = np.bincount(images.labels, minlength=images.num_classes)
         names = images.class_names or [str(i) for i in range(len(counts))]
-        out.print("classes: " + ", ".join(f"{n} ({k})" for n, k in zip(names, counts)), highlight=False)
+        shown = [f"{_cut(n)} ({k})" for n, k in zip(names[:INFO_MAX_CLASSES], counts)]
+        if len(counts) > INFO_MAX_CLASSES:
+            shown.append(f"... {len(counts) - INFO_MAX_CLASSES} more")
+        out.print(f"{len(counts)} classes: " + ", ".join(shown))
     else:
         out.print("no labels")
     if path.endswith((".parquet", ".pq")):
@@ -421,7 +475,7 @@ def synthesize(
     from genaug.synthesize import synthesize as run_synthesis
     from genaug.train import resolve_device
 
-    _check_output(output, str(model_path))
+    _check_output(output, ("--model-path", model_path))
     model = load_model(model_path, device=resolve_device(device))
     result = run_synthesis(
         model,
@@ -495,6 +549,8 @@ def rebalance(
     image_column: ImageColumn = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
+    allow_outside_root: AllowOutsideRoot = False,
+    max_pixels: MaxPixels = None,
     quiet: Quiet = False,
 ) -> None:
     """Weight images by the rarity of their latent code (DB-VAE) and resample."""
@@ -502,10 +558,10 @@ def rebalance(
     from genaug.rebalance import rebalance as run_rebalance
     from genaug.train import resolve_device
 
-    _check_output(output, data)
+    _check_output(output, ("DATA", data), ("--model-path", model_path), ("--resampled", resampled))
     if resampled is not None:
-        _check_output(resampled, data, str(output))
-    images = _load(data, image_size, mode, image_column, label_column, id_column)
+        _check_output(resampled, ("DATA", data), ("--model-path", model_path))
+    images = _load(data, image_size, mode, image_column, label_column, id_column, allow_outside_root, max_pixels)
     model = load_model(model_path, device=resolve_device(device)) if model_path is not None else None
     result = run_rebalance(
         images,
@@ -550,6 +606,8 @@ def augment(
     image_column: ImageColumn = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
+    allow_outside_root: AllowOutsideRoot = False,
+    max_pixels: MaxPixels = None,
     quiet: Quiet = False,
 ) -> None:
     """Augment DATA with an albumentations recipe, optionally mixed with synthetic images."""
@@ -562,8 +620,8 @@ def augment(
     if show_recipe:
         out.print(recipe_to_yaml(recipe), highlight=False, markup=False)
         return
-    _check_output(output, data, recipe)
-    images = _load(data, image_size, mode, image_column, label_column, id_column)
+    _check_output(output, ("DATA", data), ("--recipe", recipe), ("--model-path", model_path))
+    images = _load(data, image_size, mode, image_column, label_column, id_column, allow_outside_root, max_pixels)
     model = load_model(model_path, device=resolve_device(device)) if model_path is not None else None
     table, settings = augmented_table(
         images,

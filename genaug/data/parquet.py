@@ -12,7 +12,6 @@ import io
 import json
 import os
 import struct
-import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from genaug.atomic import check_output, clean_stale, temp_path
 from genaug.data.imageset import ImageSet
 from genaug.errors import GenaugError
 
@@ -214,14 +214,13 @@ def write_tables(outputs: Sequence[tuple[pa.Table, str | os.PathLike, dict, list
     temps: list[tuple[Path, Path]] = []
     try:
         for table, path, genaug_metadata, class_names in outputs:
-            path = Path(path)
+            # A folder, device, pipe or link in the way is refused before any work.
+            path = check_output(path)
+            clean_stale(path)
             try:
                 temps.append((_write_temp(table, path, genaug_metadata, class_names), path))
             except OSError as e:
                 raise _write_error(path, e) from None
-        for _, path in temps:
-            if path.is_dir():
-                raise GenaugError(f"cannot write {path}: it is a folder")
         _replace_all(temps)
     finally:
         for tmp, _ in temps:
@@ -236,7 +235,7 @@ def _replace_all(moves: list[tuple[Path, Path]]) -> None:
             backup = None
             try:
                 if len(moves) > 1 and target.exists():
-                    backup = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.old")
+                    backup = temp_path(target, "old")
                     os.replace(target, backup)
                 os.replace(tmp, target)
             except BaseException as e:  # an interrupt too: the old file goes back
@@ -269,7 +268,7 @@ def _write_temp(table: pa.Table, path: Path, genaug_metadata: dict, class_names:
     meta[b"genaug"] = json.dumps(genaug_metadata, default=_json_default).encode()
     table = table.replace_schema_metadata(meta)
     # Not mkstemp: its 0600 mode would survive the rename and hide the output from other users.
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, tmp)

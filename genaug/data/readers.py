@@ -4,16 +4,43 @@ Every reader returns an `ImageSet` of uint8 [N, C, H, W]. Every format
 decodes with Pillow, which survives corrupt files (see `_decode`); large
 images decode in a thread pool, since Pillow releases the GIL. Bad input is
 a one-line `GenaugError` naming the file or column.
+
+A dataset is untrusted input: nothing outside it is read, nothing is
+decoded before its size is known, and labels are never guessed at.
+
+* Containment. Every path a dataset names (a Parquet path cell, a link in
+  an image folder) must resolve, links included, inside the dataset root:
+  the Parquet file's folder, or the folder given. Otherwise it is refused
+  with one message that reads the same whether the target is missing,
+  unreadable, outside the root or not a file, so an error never tells
+  whether, say, /etc/shadow exists. `allow_outside_root=True` lifts this.
+* Size. An image's size is read from its header and checked against
+  `max_pixels` before it is decoded; an `.npz` array's size is read from its
+  `.npy` header and checked before it is expanded.
+* Labels are integer class indices 0..MAX_CLASSES-1 or class-name strings;
+  floats (even 1.0), NaN, bools and anything else are refused with the fix.
 """
 
 from __future__ import annotations
 
+import decimal
+import errno
 import io
 import json
+import logging
+import lzma
+import math
 import os
+import re
+import stat
+import struct
+import tokenize
+import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +53,51 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", 
 PARQUET_EXTENSIONS = frozenset({".parquet", ".pq"})
 IMAGE_COLUMN_NAMES = ("image", "img", "images")
 LABEL_COLUMN_NAMES = ("label", "labels")
+# The Pillow decoders genaug uses: the formats IMAGE_EXTENSIONS name (JPEG
+# includes MPO, as many camera JPEGs open). Pillow picks a decoder by
+# content, not by name: without this list an `x.png` holding EPS would start
+# Ghostscript, and rarely used decoders (DDS, ...) raise NotImplementedError
+# on bad bytes.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+# genaug's models see small images (8x8 up to a few hundred pixels a side).
+# 4096x4096 still lets a 12-megapixel photo in to be resized, while one
+# decoded image stays under 64 MiB (RGBA) and eight decoding threads under
+# 512 MiB. Pillow's own limit (89M pixels, ~270 MB per RGB image) suits an
+# image viewer, not a reader of thousands of files. --max-pixels raises it.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+# Labels index classes. 65,536 is far more than any image dataset has
+# (ImageNet-21k: 21,841) yet small enough to print, store and one-hot: a
+# label of 10**6 once made `genaug info` print an 11.9 MB line.
+MAX_CLASSES = 65_536
+# An .npz array may expand to at most this many times its compressed size
+# once it is over _NPZ_SMALL_BYTES. Image arrays saved with
+# np.savez_compressed expand 2-20x (digits: 2.5x as uint8, 6.8x as float32,
+# 18x upscaled to 32x32); zeros expand 1030x with deflate and without bound
+# with bzip2 or lzma, so a 200 KB file could claim gigabytes. A ratio, not a
+# fixed byte cap: an uncompressed .npz (np.savez, ratio 1) of any size reads,
+# because memory then grows only with the file the user has on disk.
+MAX_NPZ_EXPANSION = 100
+_NPZ_SMALL_BYTES = 64 * 2**20
 _MODES = {"l": "L", "gray": "L", "grey": "L", "grayscale": "L", "rgb": "RGB", "color": "RGB", "colour": "RGB"}
 # Below this many images, or pixels per image, a thread pool costs more than it saves.
 _PARALLEL_MIN = 64
 _PARALLEL_MIN_PIXELS = 128 * 128
+# What decoding damaged or hostile bytes can raise besides OSError (which
+# covers UnidentifiedImageError and truncated files): Pillow's plugins parse
+# headers in Python (struct, indexing, arithmetic), so a bad header can
+# surface as any of these; each means the bytes are no usable image.
+# Fuzzing (tests/reliability/test_io_properties.py) found NotImplementedError
+# in the DDS decoder, which IMAGE_FORMATS now leaves out.
+_DECODE_ERRORS = (
+    OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
+    ZeroDivisionError, OverflowError, RuntimeError, MemoryError, zlib.error,
+)
+# The same for zipfile, its codecs and numpy's .npy header parser (which
+# runs `tokenize` and `ast` over the header text).
+_NPZ_ERRORS = (
+    OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
+    struct.error, KeyError, IndexError, OverflowError, TypeError, SyntaxError, tokenize.TokenError,
+)
 
 # What a reader hands to `_finish`: per-image tensors (sizes may differ),
 # labels, class names, ids and original paths.
@@ -63,6 +131,8 @@ def load_images(
     image_column: str | None = None,
     label_column: str | None = None,
     id_column: str | None = None,
+    allow_outside_root: bool = False,
+    max_pixels: int | None = None,
 ) -> ImageSet:
     """Read a folder, `.parquet`, `.npz`, single image file or built-in name into an ImageSet.
 
@@ -70,14 +140,34 @@ def load_images(
     "rgb") forces the channels, otherwise gray stays 1 channel and any colour
     image makes the whole set RGB. An existing path wins over a built-in
     name. The column arguments apply to Parquet input only.
+
+    Paths the dataset names are read only if they resolve inside the
+    dataset root (the Parquet file's folder, or the folder given), unless
+    `allow_outside_root`: a Parquet path cell or a link in a folder that
+    leads out is refused, with one message whether or not its target exists.
+    In a folder, a link loop is refused, other links to folders inside the
+    root are not followed (their files are read at their real place), and
+    each real file is read once. A single image file given as `source` is
+    always read.
+
+    Images over `max_pixels` pixels (None: DEFAULT_MAX_PIXELS) are refused
+    from their header, before decoding; so are `.npz` images, from the
+    `.npy` header, and an `image_size` over it. Labels must be integers
+    0..MAX_CLASSES-1 or strings.
     """
     target_mode = _parse_mode(mode)
     size = _parse_size(image_size)
+    cap = _parse_max_pixels(max_pixels)
+    if size is not None and size[0] * size[1] > cap:  # resizing up to it would allocate as much as a bomb
+        raise GenaugError(
+            f"image size {size[0]}x{size[1]} ({size[0] * size[1]:,} pixels) is above the cap of {cap:,} pixels; "
+            "pass --max-pixels to raise it"
+        )
     path = Path(source)
     if path.is_dir():
-        read = _read_folder(path)
+        read = _read_folder(path, allow_outside_root, cap)
     elif path.is_file():
-        read = _read_file(path, image_column, label_column, id_column)
+        read = _read_file(path, image_column, label_column, id_column, allow_outside_root, cap)
     elif str(source) in BUILTIN_DATASETS:
         data = BUILTIN_DATASETS[str(source)]()
         if size is None and target_mode in (None, _mode_of(data.images)):
@@ -91,14 +181,16 @@ def load_images(
     return _finish(read, size, target_mode, str(path))
 
 
-def _read_file(path: Path, image_column, label_column, id_column) -> _Read:
+def _read_file(path: Path, image_column, label_column, id_column, allow_outside: bool, cap: int) -> _Read:
     suffix = path.suffix.lower()
     if suffix in PARQUET_EXTENSIONS:
-        return _read_parquet(path, image_column, label_column, id_column)
+        return _read_parquet(path, image_column, label_column, id_column, allow_outside, cap)
     if suffix == ".npz":
-        return _read_npz(path)
+        return _read_npz(path, cap)
     if suffix in IMAGE_EXTENSIONS:
-        return [_decode(path.read_bytes(), str(path))], None, None, [path.name], [str(path)]
+        # The user named this file: no root to stay inside, links followed.
+        loader = partial(_read_regular, str(path), follow=True)
+        return _decode_many([loader], [str(path)], cap), None, None, [_utf8(path.name)], [_utf8(str(path))]
     raise GenaugError(f"unsupported file type '{path.suffix}': {path} (use a folder, .parquet or .npz)")
 
 
@@ -108,92 +200,217 @@ def _finish(read: _Read, size, mode, source: str) -> ImageSet:
     return ImageSet(images=images, labels=labels, class_names=names, ids=ids, paths=paths, source=source)
 
 
+# -- reading the files a dataset names -----------------------------------------
+def _read_regular(path: str, *, follow: bool) -> bytes:
+    """The bytes of the regular file at `path`; OSError for anything else.
+
+    Opened non-blocking, so a FIFO named like an image fails at once instead
+    of waiting for a writer; `follow=False` fails on a link, so a path whose
+    real location was checked cannot be swapped for a link before the read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read()
+
+
+def _read_named(written: str, root: str, where: str, allow_outside: bool) -> bytes:
+    """The bytes of the image file a dataset names: `written`, relative to `root` unless absolute.
+
+    Read only if its real path (links resolved) is inside `root`, or with
+    `allow_outside`. Otherwise every failure, whether the path is outside,
+    missing, unreadable or not a file, gives the same message, so the error
+    reveals nothing about files outside the root.
+    """
+    try:
+        real = os.path.realpath(os.path.join(root, written))
+        if allow_outside or _inside(real, root):
+            return _read_regular(real, follow=False)
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        if allow_outside:
+            raise GenaugError(f"cannot read image file {_shown(written)} ({where}): {_reason(e)}") from None
+    raise _refused(written, where, root)
+
+
+def _refused(written: str, where: str, root: str) -> GenaugError:
+    """The one refusal for a path out of the root or not readable: it must not depend on which."""
+    return GenaugError(
+        f"image path outside the dataset root or not readable: {_shown(written)} ({where}); "
+        f"pass --allow-outside-root to read files outside {_shown(root)}"
+    )
+
+
+def _inside(real: str, root: str) -> bool:
+    """Whether the resolved path `real` is `root` or below it (both real paths)."""
+    real, root = os.path.normcase(real), os.path.normcase(root)
+    return real == root or real.startswith(os.path.join(root, ""))
+
+
 # -- folders ---------------------------------------------------------------
-def _read_folder(root: Path) -> _Read:
-    rel = _image_files(root)
-    if not rel:
+def _read_folder(root: Path, allow_outside: bool, cap: int) -> _Read:
+    found = _image_files(root, allow_outside)
+    if not found:
         raise GenaugError(f"no images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    rel = [r for r, _ in found]
     labels = names = None
     in_root = [len(r.parts) == 1 for r in rel]
     if not all(in_root):
         if any(in_root):
             stray = next(r for r, top in zip(rel, in_root) if top)
             raise GenaugError(
-                f"{root} mixes images in class sub-folders with images at its top level (e.g. {stray.as_posix()}); "
-                "put every image in a class folder, or none"
+                f"{root} mixes images in class sub-folders with images at its top level "
+                f"(e.g. {_shown(stray.as_posix())}); put every image in a class folder, or none"
             )
-        names = sorted({r.parts[0] for r in rel})
+        names = sorted({_utf8(r.parts[0]) for r in rel})
+        _check_class_count(len(names), f"{root} has {len(names):,} class folders")
         lookup = {n: i for i, n in enumerate(names)}
-        labels = np.array([lookup[r.parts[0]] for r in rel], dtype=np.int64)
-    files = [root / r for r in rel]
-    tensors = _decode_many([f.read_bytes for f in files], [str(f) for f in files])
-    return tensors, labels, names, [r.as_posix() for r in rel], [str(f) for f in files]
+        labels = np.array([lookup[_utf8(r.parts[0])] for r in rel], dtype=np.int64)
+    real_root = os.path.realpath(root)
+    files = [str(root / r) for r in rel]
+    loaders = [
+        partial(_read_named, r.as_posix(), real_root, f"in {root}", allow_outside)
+        if linked
+        else partial(_read_regular, f, follow=False)
+        for r, f, (_, linked) in zip(rel, files, found)
+    ]
+    tensors = _decode_many(loaders, files, cap)
+    return tensors, labels, names, [_utf8(r.as_posix()) for r in rel], [_utf8(f) for f in files]
 
 
-def _image_files(root: Path) -> list[Path]:
-    """Image files under `root`, relative to it, sorted by their posix path.
+def _image_files(root: Path, allow_outside: bool = False) -> list[tuple[Path, bool]]:
+    """Image files under `root` as (path relative to it, reached through a link), sorted by posix path.
 
     Hidden files and folders are skipped: `.ipynb_checkpoints` would become
-    a class and macOS `._x.png` resource forks do not decode.
+    a class and macOS `._x.png` resource forks do not decode. Unreadable
+    folders are skipped too (a disk's `lost+found`).
+
+    Links: a link that resolves outside the root is refused, whatever it
+    points to and whether that exists (so the refusal says nothing about
+    what lies outside), unless `allow_outside`, which follows it. A link to
+    a folder holding the link (a loop) is refused. Any other linked folder
+    inside the root is not followed: its files are read at their real place,
+    under their real class. A linked image file inside the root is read
+    (git-annex and DVC checkouts link into a hidden store). Each real folder
+    is walked once and each real file read once, a file itself winning over
+    links to it, so no loop or alias can multiply images.
     """
+    real_root = os.path.realpath(root)
+    seen_folders: set[tuple[int, int]] = set()
+    entries: list[tuple[Path, str, bool]] = []  # (relative path, real path, via a link)
+    stack = [(str(root), real_root, Path())]
+    while stack:
+        folder, real_folder, rel = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen_folders:
+                continue
+            seen_folders.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                listing = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:
+            continue
+        subfolders = []
+        for entry in listing:
+            image = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                inside = _inside(target, real_root)
+                if not inside and not allow_outside:
+                    raise _refused((rel / entry.name).as_posix(), f"in {root}", real_root)
+                if os.path.isdir(target):
+                    if _inside(real_folder, target):
+                        raise GenaugError(
+                            f"link loop: {_shown((rel / entry.name).as_posix())} in {root} leads back to a folder "
+                            "that holds it; remove the link"
+                        )
+                    if not inside:
+                        subfolders.append((entry.path, target, rel / entry.name))
+                elif image:
+                    entries.append((rel / entry.name, target, True))
+            elif entry.is_dir(follow_symlinks=False):
+                subfolders.append((entry.path, os.path.join(real_folder, entry.name), rel / entry.name))
+            elif image:
+                entries.append((rel / entry.name, os.path.join(real_folder, entry.name), False))
+        stack.extend(reversed(subfolders))  # walk in sorted order: the first of two aliases wins
+    entries.sort(key=lambda e: e[0].as_posix())
+    claimed = {real for _, real, linked in entries if not linked}
     found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        base = Path(folder).relative_to(root)
-        found.extend(
-            base / f for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-        )
-    return sorted(found, key=lambda p: p.as_posix())
+    for rel, real, linked in entries:
+        if linked and real in claimed:
+            continue
+        claimed.add(real)
+        found.append((rel, linked))
+    return found
 
 
 # -- parquet ---------------------------------------------------------------
-def _read_parquet(path: Path, image_column, label_column, id_column) -> _Read:
+def _read_parquet(path: Path, image_column, label_column, id_column, allow_outside: bool, cap: int) -> _Read:
     # Imported here: folder and npz reads do not need pyarrow.
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    # ValueError: a damaged file can hold column names that are not UTF-8.
+    errors = (OSError, ValueError, pa.ArrowException)
     try:
         schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as e:
+    except errors as e:
         raise GenaugError(f"cannot read Parquet file {path}: {_first_line(e)}") from None
     columns = schema.names
 
     def pick(given: str | None, guess: str | None, what: str) -> str | None:
         if given is not None and given not in columns:
-            raise GenaugError(f"{what} column '{given}' not found in {path}; columns: {', '.join(columns)}")
+            shown = ", ".join(_shown(c, 40) for c in columns[:50])
+            raise GenaugError(f"{what} column '{given}' not found in {path}; columns: {shown}")
         return given if given is not None else guess
 
     image_name = pick(image_column, _guess_image_column(schema), "image")
     if image_name is None:
-        raise GenaugError(f"no image column found in {path}; columns: {', '.join(columns)} (pass --image-column)")
+        shown = ", ".join(_shown(c, 40) for c in columns[:50])
+        raise GenaugError(f"no image column found in {path}; columns: {shown} (pass --image-column)")
     label_name = pick(label_column, next((c for c in LABEL_COLUMN_NAMES if c in columns), None), "label")
     id_name = pick(id_column, "id" if "id" in columns else None, "id")
     wanted = list(dict.fromkeys(c for c in (image_name, label_name, id_name) if c is not None))
+    twice = next((c for c in wanted if columns.count(c) > 1), None)
+    if twice is not None:
+        raise GenaugError(f"column '{_shown(twice)}' appears more than once in {path}")
     try:
         table = pq.read_table(path, columns=wanted)
-    except (OSError, pa.ArrowException) as e:
+        cells = table.column(image_name).to_pylist()
+        label_values = None
+        # An all-null label column (genaug's output for unlabelled data) means no labels.
+        if label_name is not None and table.column(label_name).null_count < table.num_rows:
+            label_values = table.column(label_name).to_pylist()
+        id_values = None if id_name is None else table.column(id_name).to_pylist()
+    except errors as e:
         raise GenaugError(f"cannot read Parquet file {path}: {_first_line(e)}") from None
 
-    cells = table.column(image_name).to_pylist()
-    loaders = [
-        _cell_loader(cell, path.parent, f"{path} column '{image_name}' row {i}") for i, cell in enumerate(cells)
-    ]
-    tensors = _decode_many(loaders, [f"{path} row {i}" for i in range(len(cells))])
+    # Labels and ids first: a bad label column fails before any image is decoded.
     labels = names = None
-    # An all-null label column (genaug's output for unlabelled data) means no labels.
-    if label_name is not None and table.column(label_name).null_count < table.num_rows:
-        labels, names = _labels(table.column(label_name).to_pylist(), path, label_name)
-        hf_names = _hf_class_names(schema.metadata, label_name)
+    if label_values is not None:
+        labels, names = _labels(label_values, path, label_name)
+        hf_names = _hf_class_names(schema.metadata, label_name, path)
         if hf_names is not None and names is None:
             if len(labels) and labels.max() >= len(hf_names):
                 raise GenaugError(
-                    f"label column '{label_name}' in {path} has labels beyond its {len(hf_names)} class names"
+                    f"label column '{label_name}' in {path} has label {labels.max()} beyond its "
+                    f"{len(hf_names)} class names"
                 )
             names = hf_names
-    if id_name is not None:
-        ids = [str(v) for v in table.column(id_name).to_pylist()]
+    if id_values is not None:
+        if any(v is None for v in id_values):
+            raise GenaugError(f"id column '{id_name}' in {path} has missing values")
+        ids = [str(v) for v in id_values]
     else:
         ids = [f"{path.stem}-{i:06d}" for i in range(len(cells))]
+    root = os.path.realpath(path.parent)
+    loaders = [
+        _cell_loader(cell, root, f"row {i} of {path}", image_name, allow_outside) for i, cell in enumerate(cells)
+    ]
+    tensors = _decode_many(loaders, [f"{path} row {i}" for i in range(len(cells))], cap)
     return tensors, labels, names, ids, [_cell_path(c) for c in cells]
 
 
@@ -211,99 +428,226 @@ def _guess_image_column(schema) -> str | None:
     return None
 
 
-def _cell_loader(cell, base: Path, where: str) -> Callable[[], bytes]:
-    """A function returning the encoded bytes of one image-column cell."""
-    if isinstance(cell, dict):
-        if cell.get("bytes") is not None:
-            data = cell["bytes"]
-            return lambda: data
-        cell = cell.get("path")
+def _cell_loader(cell, root: str, where: str, column: str, allow_outside: bool) -> Callable[[], bytes]:
+    """A function returning the encoded bytes of one image-column cell (a path is read only when called)."""
+    if isinstance(cell, dict):  # the Hugging Face image struct: its bytes win, else its path
+        data = cell.get("bytes")
+        if data is None:
+            cell = cell.get("path")
+        else:  # a `bytes` field of another type (a string) is no image, and not a path either
+            cell = data if isinstance(data, (bytes, bytearray)) else None
     if isinstance(cell, (bytes, bytearray)):
         data = bytes(cell)
         return lambda: data
     if isinstance(cell, str):
-        file = Path(cell) if Path(cell).is_absolute() else base / cell
-
-        def read() -> bytes:
-            if not file.is_file():
-                raise GenaugError(f"image file not found: {file} (from {where})")
-            return file.read_bytes()
-
-        return read
-    raise GenaugError(f"{where} holds neither image bytes nor a path")
+        return partial(_read_named, cell, root, where, allow_outside)
+    raise GenaugError(f"column '{column}' {where} holds neither image bytes nor a path")
 
 
 def _cell_path(cell) -> str | None:
-    if isinstance(cell, dict):
-        return cell.get("path")
-    return cell if isinstance(cell, str) else None
+    path = cell.get("path") if isinstance(cell, dict) else cell
+    return path if isinstance(path, str) else None
 
 
 def _labels(values: list, path: Path, column: str) -> tuple[np.ndarray, list[str] | None]:
-    """Int labels as they are; anything else mapped to its index among the sorted names."""
+    """Int labels as they are, strings mapped to their index among the sorted names; nothing else.
+
+    A float label (even 1.0), NaN or bool is refused rather than turned into
+    a class named "1.0", "nan" or "True".
+    """
+    where = f"label column '{column}' in {path}"
     if any(v is None for v in values):
-        raise GenaugError(f"label column '{column}' in {path} has missing values")
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        labels = np.asarray(values, dtype=np.int64)
-        if len(labels) and labels.min() < 0:
-            raise GenaugError(f"label column '{column}' in {path} has negative labels")
-        return labels, None
-    names = sorted({str(v) for v in values})
-    lookup = {n: i for i, n in enumerate(names)}
-    return np.array([lookup[str(v)] for v in values], dtype=np.int64), names
+        raise GenaugError(f"{where} has missing values")
+    ints = [isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values]
+    strs = [isinstance(v, str) for v in values]
+    if all(ints):
+        # Checked before the cast: a uint64 label past 2**63 cannot become int64.
+        _check_label_range(int(min(values, default=0)), int(max(values, default=0)), where)
+        return np.asarray(values, dtype=np.int64).reshape(-1), None
+    if all(strs):
+        names = sorted(set(values))
+        _check_class_count(len(names), f"{where} has {len(names):,} distinct labels")
+        lookup = {n: i for i, n in enumerate(names)}
+        return np.array([lookup[v] for v in values], dtype=np.int64), names
+    # A Parquet column has one type: neither all ints nor all strings means none is either.
+    bad = next(v for v, i, s in zip(values, ints, strs) if not (i or s))
+    number = isinstance(bad, (bool, float, np.bool_, np.floating, decimal.Decimal))
+    kind = "bool" if isinstance(bad, (bool, np.bool_)) else type(bad).__name__
+    fix = "cast it to int" if number else "convert it to int or string"
+    raise GenaugError(
+        f"{where} holds {kind} labels (e.g. {_shown(repr(bad), 40)}); labels must be integer class indices "
+        f"0..{MAX_CLASSES - 1} or class-name strings: {fix}"
+    )
 
 
-def _hf_class_names(metadata, column: str) -> list[str] | None:
+def _check_label_range(lowest: int, highest: int, where: str) -> None:
+    """Labels must index one of at most MAX_CLASSES classes (checked on Python ints: no overflow)."""
+    if lowest < 0:
+        raise GenaugError(f"{where} has negative labels (e.g. {lowest}); labels are class indices 0, 1, ...")
+    if highest >= MAX_CLASSES:
+        raise GenaugError(
+            f"{where} has label {highest}, beyond the {MAX_CLASSES:,} classes genaug takes; "
+            "labels are class indices 0, 1, ... (renumber them)"
+        )
+
+
+def _check_class_count(n: int, what: str) -> None:
+    if n > MAX_CLASSES:
+        raise GenaugError(f"{what}, more than the {MAX_CLASSES:,} classes genaug takes")
+
+
+def _hf_class_names(metadata, column: str, path: Path) -> list[str] | None:
     """Class names from a Hugging Face `ClassLabel` feature in the schema metadata."""
     raw = (metadata or {}).get(b"huggingface")
     if not raw:
         return None
     try:
         feature = json.loads(raw)["info"]["features"][column]
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, RecursionError):
         return None
-    if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and feature.get("names"):
-        return [str(n) for n in feature["names"]]
-    return None
+    if not (isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and feature.get("names")):
+        return None
+    names = feature["names"]
+    if not isinstance(names, list):
+        return None
+    _check_class_count(len(names), f"ClassLabel '{column}' in {path} has {len(names):,} class names")
+    return [str(n) for n in names]
 
 
 # -- npz -------------------------------------------------------------------
-def _read_npz(path: Path) -> _Read:
+def _read_npz(path: Path, cap: int) -> _Read:
+    """`x` (and `y`) of an .npz; their sizes are read from the .npy headers and checked before expanding.
+
+    Other arrays in the file are never read.
+    """
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        with zipfile.ZipFile(path) as zf:
+            members = {(n[:-4] if n.endswith(".npy") else n): zf.getinfo(n) for n in zf.namelist()}
+            if "x" not in members:
+                found = ", ".join(_shown(m, 40) for m in list(members)[:20]) or "nothing"
+                raise GenaugError(f"{path} has no 'x' array; found: {found}")
+            archive_bytes = os.path.getsize(path)
+            x_shape, x_dtype = _npy_header(zf, members["x"], path, "x", archive_bytes)
+            _check_x(x_shape, x_dtype, path, cap)
+            if "y" in members:
+                y_shape, y_dtype = _npy_header(zf, members["y"], path, "y", archive_bytes)
+                n = x_shape[0]
+                if math.prod(y_shape) != n or not _is_int_dtype(y_dtype):
+                    raise GenaugError(
+                        f"'y' in {path} must be {n} integer labels in 0..{MAX_CLASSES - 1}, got {y_dtype} "
+                        f"{tuple(y_shape)}" + ("; cast it to int" if y_dtype.kind in "fb" else "")
+                    )
+            x = _npy_read(zf, members["x"])
+            y = _npy_read(zf, members["y"]) if "y" in members else None
+    except MemoryError:
+        raise GenaugError(f"not enough memory to read {path}") from None
+    except _NPZ_ERRORS as e:
         raise GenaugError(f"cannot read .npz file {path}: {_first_line(e)}") from None
-    if "x" not in arrays:
-        raise GenaugError(f"{path} has no 'x' array; found: {', '.join(arrays) or 'nothing'}")
-    x = _channels_first(_to_uint8(arrays["x"], path), path)
+    x = _channels_first(_to_uint8(x, path), path)
     labels = None
-    if "y" in arrays:
-        y = arrays["y"]
-        if y.size != x.shape[0] or not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
-            raise GenaugError(
-                f"'y' in {path} must be {x.shape[0]} non-negative integer labels, got {y.dtype} {y.shape}"
-            )
+    if y is not None:
+        if y.size:
+            _check_label_range(int(y.min()), int(y.max()), f"'y' in {path}")
         labels = y.reshape(-1).astype(np.int64)
     tensors = list(torch.from_numpy(np.ascontiguousarray(x)))
     return tensors, labels, None, [f"{path.stem}-{i:06d}" for i in range(x.shape[0])], None
 
 
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, key: str, archive_bytes: int):
+    """(shape, dtype) of one .npy member, from the zip directory and the .npy header alone.
+
+    Refuses a member that would expand past MAX_NPZ_EXPANSION times its
+    compressed size, or whose header promises more data than the member
+    holds: numpy allocates what the header declares before reading a byte.
+    """
+    # numpy writes stored or deflated members. zipfile inflates those in
+    # bounded steps, but decompresses a bzip2 or lzma member without an output
+    # bound: reading even its 100-byte header could expand gigabytes.
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise GenaugError(
+            f"'{key}' in {path} uses zip compression method {info.compress_type}; genaug reads .npz files "
+            "as numpy writes them (np.savez or np.savez_compressed)"
+        )
+    if info.compress_size > archive_bytes:
+        raise GenaugError(f"cannot read .npz file {path}: '{key}' is damaged (larger than the file)")
+    if info.file_size > _NPZ_SMALL_BYTES and info.file_size > MAX_NPZ_EXPANSION * info.compress_size:
+        raise GenaugError(
+            f"'{key}' in {path} would expand from {info.compress_size:,} to {info.file_size:,} bytes, more than "
+            f"{MAX_NPZ_EXPANSION}x; refused as a likely decompression bomb (if it is real, save it uncompressed "
+            "with np.savez)"
+        )
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+        except ValueError:
+            raise GenaugError(f"'{key}' in {path} is not a NumPy array (.npy)") from None
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:  # 3.0 only adds UTF-8 field names, which no image array has
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+        header_bytes = f.tell()
+    if dtype.hasobject:
+        raise GenaugError(f"'{key}' in {path} holds Python objects, which genaug never unpickles; save numbers")
+    if header_bytes + math.prod(shape) * dtype.itemsize != info.file_size:
+        raise GenaugError(f"cannot read .npz file {path}: '{key}' is damaged (its header and size disagree)")
+    return shape, dtype
+
+
+def _npy_read(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    with zf.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _is_int_dtype(dtype: np.dtype) -> bool:
+    return dtype.kind in "iu"  # bool is kind "b", not an integer here
+
+
+def _check_x(shape: tuple, dtype: np.dtype, path: Path, cap: int) -> None:
+    """Refuse `x` from its header: a layout or dtype no image has, or images over `cap` pixels."""
+    if dtype.kind not in "iuf":
+        raise GenaugError(f"'x' in {path} must be uint8, integers in 0..255 or floats in [0, 1]; got {dtype}")
+    h, w = _image_hw(shape, path)
+    if h == 0 or w == 0:
+        raise GenaugError(f"'x' in {path} has shape {tuple(shape)}: images with no pixels")
+    if h * w > cap:
+        raise GenaugError(
+            f"images in 'x' of {path} are {h}x{w} ({h * w:,} pixels), above the cap of {cap:,} pixels; "
+            "pass --max-pixels to raise it"
+        )
+
+
+_LAYOUTS = "expected [N,H,W], [N,H,W,C] (C in 1, 3, 4) or [N,C,H,W] (C in 1, 3)"
+
+
+def _channels_last(shape: tuple) -> bool:
+    # Channels last unless axis 1 already looks like channels: images are
+    # larger than 4 pixels on a side in any layout worth guessing.
+    return shape[-1] in (1, 3, 4) and shape[1] not in (1, 3)
+
+
+def _image_hw(shape: tuple, path: Path) -> tuple[int, int]:
+    """(H, W) of the images in an `x` of this shape."""
+    if len(shape) == 3:
+        return shape[1], shape[2]
+    if len(shape) != 4:
+        raise GenaugError(f"'x' in {path} has shape {tuple(shape)}; {_LAYOUTS}")
+    return (shape[1], shape[2]) if _channels_last(shape) else (shape[2], shape[3])
+
+
 def _channels_first(x: np.ndarray, path: Path) -> np.ndarray:
     """[N,H,W], [N,H,W,C] or [N,C,H,W] -> [N,C,H,W] with C in 1, 3 (alpha dropped)."""
-    layouts = "expected [N,H,W], [N,H,W,C] (C in 1, 3, 4) or [N,C,H,W] (C in 1, 3)"
     if x.ndim == 3:
         return x[:, None]
     if x.ndim != 4:
-        raise GenaugError(f"'x' in {path} has shape {x.shape}; {layouts}")
-    # Channels last unless axis 1 already looks like channels: images are
-    # larger than 4 pixels on a side in any layout worth guessing.
-    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3):
+        raise GenaugError(f"'x' in {path} has shape {x.shape}; {_LAYOUTS}")
+    if _channels_last(x.shape):
         x = np.moveaxis(x, -1, 1)
     if x.shape[1] == 4:
         x = x[:, :3]
     if x.shape[1] not in (1, 3):
-        raise GenaugError(f"'x' in {path} has shape {x.shape}; {layouts}")
+        raise GenaugError(f"'x' in {path} has shape {x.shape}; {_LAYOUTS}")
     return x
 
 
@@ -318,33 +662,57 @@ def _to_uint8(x: np.ndarray, path: Path) -> np.ndarray:
 
 
 # -- decoding and stacking ---------------------------------------------------
-def _decode_many(loaders: Sequence[Callable[[], bytes]], names: Sequence[str]) -> list[torch.Tensor]:
+def _decode_many(loaders: Sequence[Callable[[], bytes]], names: Sequence[str], cap: int) -> list[torch.Tensor]:
     """Read and decode every image, in order.
 
     Threads pay only for large images: below ~128x128 (measured, 2 cores)
     the decoders' many short GIL releases make two threads slower than one.
     The first image decides.
     """
+    names = [_shown(n, 4096) for n in names]  # escaped, not cut: they are file paths
 
     def one(i: int) -> torch.Tensor:
         try:
             data = loaders[i]()
         except OSError as e:
-            raise GenaugError(f"cannot read {names[i]}: {e.strerror or _first_line(e)}") from None
-        return _decode(data, names[i])
+            raise GenaugError(f"cannot read {names[i]}: {_reason(e)}") from None
+        return _decode(data, names[i], cap)
 
     if not loaders:
         return []
-    first = one(0)
-    small = first.shape[-2] * first.shape[-1] < _PARALLEL_MIN_PIXELS
-    workers = min(8, os.cpu_count() or 1)
-    if len(loaders) < _PARALLEL_MIN or small or workers == 1:
-        return [first] + [one(i) for i in range(1, len(loaders))]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [first, *pool.map(one, range(1, len(loaders)), chunksize=16)]
+    _quiet_pillow_logging()
+    # Pillow warns about huge images (the size is checked here, first) and odd
+    # TIFF tags; a warning on stderr would break the CLI's one-line output.
+    # Set once around the whole read: the filters are process-wide, the
+    # decoding threads see them too, and entering catch_warnings per image
+    # from several threads could leave the filters changed for good.
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", module=r"PIL\.")
+        first = one(0)
+        small = first.shape[-2] * first.shape[-1] < _PARALLEL_MIN_PIXELS
+        workers = min(8, os.cpu_count() or 1)
+        if len(loaders) < _PARALLEL_MIN or small or workers == 1:
+            return [first] + [one(i) for i in range(1, len(loaders))]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return [first, *pool.map(one, range(1, len(loaders)), chunksize=16)]
 
 
-def _decode(data: bytes, name: str) -> torch.Tensor:
+def _quiet_pillow_logging() -> None:
+    """Keep Pillow's log records (a damaged TIFF logs an error) off stderr unless the app set up logging.
+
+    With no handler anywhere, Python prints WARNING records to stderr; a
+    NullHandler on Pillow's logger stops that fallback and nothing else, so
+    an application's own logging still receives them.
+    """
+    log = logging.getLogger("PIL")
+    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
+        log.addHandler(logging.NullHandler())
+
+
+def _decode(data: bytes, name: str, cap: int) -> torch.Tensor:
     """uint8 [C, H, W] with C = 1 (gray) or 3 (colour); alpha dropped, 16 bits cut to 8.
 
     NOTE: Pillow decodes every format. torchvision.io is faster on small
@@ -352,24 +720,41 @@ def _decode(data: bytes, name: str) -> torch.Tensor:
     segfaults on a corrupt pixel stream, and libpng/libjpeg print to stderr,
     which would break the one-line error users get for a bad file.
     """
-    img = _decode_with_pil(data, name)
-    if img.ndim != 3 or img.shape[0] not in (1, 3):
+    img = _decode_with_pil(data, name, cap)
+    if img.ndim != 3 or img.shape[0] not in (1, 3) or 0 in img.shape:
         raise GenaugError(f"cannot decode image: {name} (decoded shape {tuple(img.shape)})")
     return img
 
 
-def _decode_with_pil(data: bytes, name: str) -> torch.Tensor:
+def _decode_with_pil(data: bytes, name: str, cap: int) -> torch.Tensor:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        # `open` reads the header only: the size is known before any pixel is decoded.
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+            w, h = im.size
+            if w * h > cap:
+                raise _too_large(name, w * h, cap, f"{h}x{w}")
             arr = _pil_to_uint8(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        # UnidentifiedImageError and truncated files are OSErrors.
+    except Image.DecompressionBombError as e:
+        # Pillow refuses above 2 * MAX_IMAGE_PIXELS inside `open`, before the check above.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(name, int(found.group(1)) if found else None, cap, "") from None
+    except _DECODE_ERRORS:
         raise GenaugError(f"cannot decode image: {name}") from None
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     # A copy: PIL's array is read-only, which torch warns about.
     return torch.from_numpy(np.array(arr, order="C"))
+
+
+def _too_large(name: str, pixels: int | None, cap: int, size: str) -> GenaugError:
+    """The refusal of an image over the cap; `size` is "HxW" where known."""
+    if pixels is None or pixels <= cap:  # only Pillow's own limit, set lower than ours, refused it
+        return GenaugError(f"image too large: {name} is over PIL.Image.MAX_IMAGE_PIXELS (Pillow's limit)")
+    has = f"is {size} ({pixels:,} pixels)" if size else f"has {pixels:,} pixels"
+    return GenaugError(
+        f"image too large: {name} {has}, above the cap of {cap:,} pixels; pass --max-pixels to raise it"
+    )
 
 
 def _pil_to_uint8(im) -> np.ndarray:
@@ -394,8 +779,8 @@ def _stack(tensors: list[torch.Tensor], ids: Sequence[str], size, mode, source: 
     if odd is not None:
         other = tuple(out[odd].shape[1:])
         raise GenaugError(
-            f"images in {source} have different sizes ({first[0]}x{first[1]} in {ids[0]} and "
-            f"{other[0]}x{other[1]} in {ids[odd]}); pass --image-size to resize them to one size"
+            f"images in {source} have different sizes ({first[0]}x{first[1]} in {_shown(ids[0])} and "
+            f"{other[0]}x{other[1]} in {_shown(ids[odd])}); pass --image-size to resize them to one size"
         )
     return torch.stack(out).contiguous()
 
@@ -446,3 +831,40 @@ def _parse_size(size) -> tuple[int, int] | None:
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _reason(e: OSError | ValueError) -> str:
+    return getattr(e, "strerror", None) or _first_line(e)
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """`text` fit for a one-line message: control characters escaped, long text cut.
+
+    Paths, ids and column names come from the dataset: a newline in one
+    would split the error line, a megabyte-long one would flood the screen.
+    """
+    text = str(text)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _utf8(name: str) -> str:
+    """A file name as text every output can hold: bytes that are not UTF-8 become `\\xff` escapes.
+
+    Linux allows any bytes in a name; Python keeps the stray ones as lone
+    surrogates, which Parquet and JSON writers cannot encode.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _parse_max_pixels(max_pixels) -> int:
+    if max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise GenaugError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    return int(max_pixels)

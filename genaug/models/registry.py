@@ -6,6 +6,7 @@ Third-party packages register a family with an entry point in the group
 
 from __future__ import annotations
 
+import inspect
 from importlib import import_module
 from importlib.metadata import entry_points
 
@@ -45,9 +46,34 @@ def get_family(name: str) -> type[GenerativeModel]:
 def build_model(
     family: str, image_shape: tuple[int, int, int], num_classes: int = 0, **init_args
 ) -> GenerativeModel:
-    """A fresh model of `family` for images of `image_shape`."""
+    """A fresh model of `family` for images of `image_shape`.
+
+    Options the family does not take are named in one GenaugError line, and
+    so is a TypeError or ValueError its constructor raises for a bad value
+    (e.g. `--model-option latent_dim=abc`): both are the user's input.
+    """
     cls = get_family(family)
+    unknown, known = _unknown_options(cls, init_args)
+    if unknown:
+        raise GenaugError(
+            f"bad options for model '{family}': unknown option(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(known) or 'none'}"
+        )
     try:
         return cls(image_shape=tuple(image_shape), num_classes=num_classes, **init_args)
-    except TypeError as e:
-        raise GenaugError(f"bad options for model '{family}': {e}") from None
+    except (TypeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GenaugError(f"bad options for model '{family}': {first}") from None
+
+
+def _unknown_options(cls: type[GenerativeModel], init_args: dict) -> tuple[list[str], list[str]]:
+    """(options `cls` does not take, the options it does); none unknown when it takes **kwargs."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no introspectable signature: let the call decide
+        return [], []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return [], []
+    known = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    known = [n for n in known if n not in ("image_shape", "num_classes")]
+    return sorted(set(init_args) - set(known)), known

@@ -24,7 +24,8 @@ clamps them into 0..255, and the 0 and 255 bins take the tails.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -47,13 +48,31 @@ MAX_BOTTOM_SIZE = 7
 MAX_WIDTH_MULTIPLE = 2
 
 
+# Largest value of each option: far past any useful size, small enough that a
+# typo or a hostile checkpoint cannot ask for terabytes of weights.
+OPTION_LIMITS = {"latent_dim": 4096, "channels": 1024, "hidden": 16384}
+
+
 @dataclass
 class VAEConfig:
-    """Constructor options of the VAE (stored in checkpoints as `init_args`)."""
+    """Constructor options of the VAE (stored in checkpoints as `init_args`).
+
+    Each is an integer in 1..OPTION_LIMITS[name]; anything else (a float, a
+    boolean, a string) is a GenaugError naming the option, never coerced.
+    """
 
     latent_dim: int = 32
     channels: int = 32  # width at half resolution; doubles per further stage, capped at 2x
     hidden: int = 512  # width of the fully connected layers between the conv stacks and z
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, top = getattr(self, f.name), OPTION_LIMITS[f.name]
+            # numbers.Integral admits numpy integers; bool is an Integral too, but no width.
+            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= top):
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                raise GenaugError(f"VAE option {f.name} must be an integer in 1..{top}, got {shown}")
+            setattr(self, f.name, int(value))
 
 
 class VAE(GenerativeModel):
@@ -72,9 +91,7 @@ class VAE(GenerativeModel):
         hidden: int = VAEConfig.hidden,
     ) -> None:
         super().__init__(image_shape, num_classes)
-        self.config = cfg = VAEConfig(int(latent_dim), int(channels), int(hidden))
-        if min(asdict(cfg).values()) < 1:
-            raise GenaugError(f"VAE options must be positive integers, got {asdict(cfg)}")
+        self.config = cfg = VAEConfig(latent_dim, channels, hidden)
         c, h, w = self.image_shape
         # Feature-map sizes, full resolution first; ceil(n / 2) per stage, always at least one stage.
         self.sizes = [(h, w)]
