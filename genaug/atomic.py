@@ -99,9 +99,10 @@ def check_output(output: str | os.PathLike, inputs: Iterable[tuple[str, str | os
     """`output` as a Path, or a GenaugError when writing it could destroy something.
 
     Refused: an existing path that is not a regular file (a folder, a
-    device, a pipe, a socket, a symbolic link), and any path that is one
-    of `inputs` (`(role, path)` pairs, e.g. `("--model-path", ckpt)`),
-    compared after resolving links and, for existing files, by inode.
+    device, a pipe, a socket, a symbolic link), any path that is one of
+    `inputs` (`(role, path)` pairs, e.g. `("--model-path", ckpt)`),
+    compared after resolving links and, for existing files, by inode, and
+    any path inside an input that is a folder.
     """
     output = Path(output)
     if os.path.lexists(output):
@@ -117,7 +118,15 @@ def check_output(output: str | os.PathLike, inputs: Iterable[tuple[str, str | os
             continue
         if _same(output, Path(src)):
             raise GenaugError(f"output {output} would overwrite {role} ({src}); choose another output path")
+        if os.path.isdir(src) and _inside(output, Path(src)):
+            # Even a new file there changes the dataset (an `-o x.png` would join it).
+            raise GenaugError(f"output {output} is inside the {role} folder {src}; write it outside the dataset")
     return output
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real.startswith(os.path.join(root, ""))
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -55,7 +55,7 @@ import yaml
 from rich.console import Console
 
 from genaug.data.imageset import ImageSet
-from genaug.errors import GenaugError
+from genaug.errors import GenaugError, first_line
 from genaug.limits import check_fits_in_memory
 from genaug.progress import progress_bar
 from genaug.terminal import SafeConsole
@@ -88,7 +88,7 @@ def load_recipe(recipe: Recipe) -> A.Compose:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise GenaugError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', None) or _first_line(e)}") from None
+        raise GenaugError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', None) or first_line(e)}") from None
     return _build_compose(spec, where)
 
 
@@ -103,7 +103,7 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     try:
         top = A.to_dict(recipe)["transform"]
     except (NotImplementedError, ValueError) as e:  # e.g. Lambda: code, not parameters
-        raise GenaugError(f"this pipeline cannot be written as YAML: {_first_line(e)}") from None
+        raise GenaugError(f"this pipeline cannot be written as YAML: {first_line(e)}") from None
     spec = {"transforms": [_from_native(t, "Compose") for t in top["transforms"]]}
     return yaml.safe_dump(spec, sort_keys=False, default_flow_style=None)
 
@@ -204,12 +204,7 @@ def _param_error(e: Exception) -> str:
         loc = str(err["loc"][0]) if err["loc"] else ""  # the parameter; the rest names union members
         got = f" (got {err['input']!r:.60})" if "input" in err and not isinstance(err["input"], dict) else ""
         return f"bad parameter '{loc}': {err['msg']}{got}" if loc else f"{err['msg']}{got}"
-    return _first_line(e)
-
-
-def _first_line(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return " ".join(lines[:1]) or type(e).__name__
+    return first_line(e)
 
 
 # ---------------------------------------------------------------- applying
@@ -276,7 +271,7 @@ def _apply(pipeline: A.Compose, image: np.ndarray, recipe: Recipe, i: int) -> np
     try:
         result = pipeline(image=image)["image"]
     except Exception as e:  # a transform unfit for this image (e.g. needs 3 channels) is the recipe's fault
-        raise GenaugError(f"recipe {recipe_label(recipe)} failed on image {i} {image.shape}: {_first_line(e)}") from e
+        raise GenaugError(f"recipe {recipe_label(recipe)} failed on image {i} {image.shape}: {first_line(e)}") from e
     if result.ndim == 2 and image.shape[2] == 1:  # some OpenCV ops drop a single channel axis
         result = result[:, :, None]
     if result.shape != image.shape or result.dtype != np.uint8:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from genaug.atomic import clean_stale, temp_path
-from genaug.errors import GenaugError
+from genaug.errors import GenaugError, first_line
 
 METADATA_KEY = "genaug"
 FORMAT_VERSION = 1
@@ -64,7 +64,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
     except _BadField as e:
         raise GenaugError(f"refusing to write checkpoint {path}: {e}") from None
     except (TypeError, ValueError) as e:  # a NaN or a non-JSON object anywhere in the metadata
-        raise GenaugError(f"refusing to write checkpoint {path}: metadata is not finite JSON ({_first_line(e)})") from None
+        raise GenaugError(f"refusing to write checkpoint {path}: metadata is not finite JSON ({first_line(e)})") from None
     # safetensors refuses shared or non-contiguous storage; clone keeps it simple.
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     bad = first_non_finite(clean)
@@ -77,7 +77,10 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
         clean_stale(path)
         tmp = temp_path(path)
         try:
-            save_file(clean, tmp, metadata={METADATA_KEY: text})
+            # Serialised here, written by us: safetensors' save_file writes
+            # through a temp file of its own naming, which a killed run would
+            # leave behind where clean_stale cannot recognise it.
+            _write_bytes(tmp, save(clean, metadata={METADATA_KEY: text}))
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -86,8 +89,16 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
                 pass  # the original error is the one to report
             raise
     except (OSError, SafetensorError) as e:
-        reason = getattr(e, "strerror", None) or _first_line(e)
+        reason = getattr(e, "strerror", None) or first_line(e)
         raise GenaugError(f"cannot write checkpoint {path}: {reason}") from None
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a new file at `path` and flush it to disk before the rename."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -97,7 +108,7 @@ def read_metadata(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
     except (SafetensorError, OSError, ValueError) as e:
-        raise GenaugError(f"not a safetensors checkpoint: {path} ({_first_line(e)})") from None
+        raise GenaugError(f"not a safetensors checkpoint: {path} ({first_line(e)})") from None
     if raw is None:
         raise GenaugError(f"{path} is a safetensors file but not a genaug checkpoint (no '{METADATA_KEY}' metadata)")
     try:
@@ -118,7 +129,7 @@ def tensor_specs(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
         with safe_open(str(path), framework="pt") as f:
             return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise GenaugError(f"not a safetensors checkpoint: {path} ({_first_line(e)})") from None
+        raise GenaugError(f"not a safetensors checkpoint: {path} ({first_line(e)})") from None
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -127,7 +138,7 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise GenaugError(f"cannot read checkpoint tensors from {path} ({_first_line(e)})") from None
+        raise GenaugError(f"cannot read checkpoint tensors from {path} ({first_line(e)})") from None
     bad = first_non_finite(tensors)
     if bad is not None:
         raise GenaugError(f"checkpoint {path}: tensor {bad!r} holds NaN or infinite values; the model is unusable")
@@ -294,7 +305,3 @@ def _check_path(path: str | Path) -> Path:
     if not path.is_file():
         raise GenaugError(f"checkpoint is not a file: {path}")
     return path
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

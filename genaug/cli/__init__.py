@@ -17,24 +17,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from genaug.cli.app import main as run
 
-        return run(argv)
+        code = run(argv)
     except KeyboardInterrupt:
-        interrupted()
+        leave(INTERRUPTED_EXIT_CODE, "interrupted")
+    if code == INTERRUPTED_EXIT_CODE:  # the app said "interrupted" already
+        leave(code)
+    return code
 
 
-def interrupted() -> None:
-    """Say so in one line and leave at once with exit code 130.
+def leave(code: int, message: str | None = None) -> None:
+    """Print `message` (one line) and exit with `code` at once, skipping interpreter shutdown.
 
-    `os._exit`: a second Ctrl-C while the interpreter shuts down (joining
-    worker threads, atexit handlers) would otherwise print a traceback.
-    Files being written are temp files; the next write cleans them up.
+    `os._exit` after an interrupt: the interpreter's shutdown (joining worker
+    threads, atexit handlers, half-imported extension modules) can meet the
+    interrupt again and print a traceback or die by the signal instead of
+    exiting 130. Files being written are temp files; the next write cleans them.
     """
-    try:
-        sys.stdout.flush()
-    except Exception:  # stdout may be closed or a broken pipe
-        pass
-    try:
-        sys.stderr.write("interrupted\n")
-        sys.stderr.flush()
-    finally:
-        os._exit(INTERRUPTED_EXIT_CODE)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # closed, a broken pipe, or the write the interrupt cut short ("reentrant call")
+            pass
+    if message is not None:
+        try:
+            os.write(2, (message + "\n").encode())  # unbuffered: works even when sys.stderr is mid-write
+        except OSError:
+            pass
+    os._exit(code)

@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=args or ["--help"], prog_name="genaug", standalone_mode=False)
     except KeyboardInterrupt:
-        print_error("interrupted", "")
+        say_interrupted()
         return 130
     except Exception as e:
         # click turns a Ctrl-C while parsing into Abort (a RuntimeError).
         if type(e).__name__ == "Abort":
-            print_error("interrupted", "")
+            say_interrupted()
             return 130
         # Typer's (vendored or external) click exceptions: duck-typed so any typer>=0.12 works.
         if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
@@ -67,7 +67,31 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         print_error("error:", " ".join(e.format_message().split()) + hint)
         return int(e.exit_code)
+    if code == 130:
+        # typer turns a Ctrl-C anywhere in a command (or in its own lazy
+        # imports while parsing) into a silent exit code 130.
+        say_interrupted()
     return code if isinstance(code, int) else 0
+
+
+def say_interrupted() -> None:
+    """The one line a Ctrl-C prints, written past rich and Python's stream buffers.
+
+    The interrupt may have cut a progress display short, leaving rich
+    capturing output, or a buffered write half done: `os.write` on the
+    descriptor reaches the terminal whatever state they are in.
+    """
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+    try:
+        os.write(sys.stderr.fileno(), b"interrupted\n")
+    except (OSError, ValueError, AttributeError):  # no real descriptor (a captured stream): print normally
+        try:
+            sys.stderr.write("interrupted\n")
+        except Exception:
+            pass
 
 
 def print_error(prefix: str, message: str) -> None:
@@ -82,9 +106,9 @@ def print_error(prefix: str, message: str) -> None:
     try:
         err.print(Text.assemble((prefix, "red"), " " if line else "", line), soft_wrap=True)
     except Exception:
-        try:
-            sys.stderr.write(f"{prefix} {line}".strip().encode("ascii", "backslashreplace").decode() + "\n")
-        except Exception:
+        try:  # unbuffered: works even when the console failed mid-write
+            os.write(2, f"{prefix} {line}".strip().encode("ascii", "backslashreplace") + b"\n")
+        except OSError:
             pass
 
 
@@ -98,9 +122,6 @@ def handles_errors(command):
         except GenaugError as e:
             print_error("error:", str(e))
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            print_error("interrupted", "")
-            raise typer.Exit(130) from None
         except typer.Exit:
             raise
         except Exception as e:  # a bug, not the user's input: still one line

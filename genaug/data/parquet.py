@@ -24,7 +24,7 @@ from PIL import Image
 
 from genaug.atomic import check_output, clean_stale, temp_path
 from genaug.data.imageset import ImageSet
-from genaug.errors import GenaugError
+from genaug.errors import GenaugError, first_line
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 RESERVED_COLUMNS = ("index", "id", "image", "label")
@@ -258,7 +258,7 @@ def _replace_all(moves: list[tuple[Path, Path]]) -> None:
 
 
 def _write_error(path: Path, e: OSError) -> GenaugError:
-    return GenaugError(f"cannot write {path}: {e.strerror or _first_line(e)}")
+    return GenaugError(f"cannot write {path}: {e.strerror or first_line(e)}")
 
 
 def _write_temp(table: pa.Table, path: Path, genaug_metadata: dict, class_names: list[str] | None) -> Path:
@@ -306,7 +306,7 @@ def read_genaug_metadata(path: str | os.PathLike) -> dict:
     try:
         meta = pq.read_schema(path).metadata or {}
     except (OSError, pa.ArrowException) as e:
-        raise GenaugError(f"cannot read Parquet file {path}: {_first_line(e)}") from None
+        raise GenaugError(f"cannot read Parquet file {path}: {first_line(e)}") from None
     raw = meta.get(b"genaug")
     if not raw:
         return {}
@@ -314,7 +314,3 @@ def read_genaug_metadata(path: str | os.PathLike) -> dict:
         return json.loads(raw)
     except ValueError:
         raise GenaugError(f"{path} has unreadable genaug metadata") from None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

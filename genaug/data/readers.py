@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import decimal
 import errno
+import functools
 import io
 import json
 import logging
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 
 from genaug.data.imageset import ImageSet
-from genaug.errors import GenaugError
+from genaug.errors import GenaugError, first_line
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 PARQUET_EXTENSIONS = frozenset({".parquet", ".pq"})
@@ -358,7 +359,7 @@ def _read_parquet(path: Path, image_column, label_column, id_column, allow_outsi
     try:
         schema = pq.read_schema(path)
     except errors as e:
-        raise GenaugError(f"cannot read Parquet file {path}: {_first_line(e)}") from None
+        raise GenaugError(f"cannot read Parquet file {path}: {first_line(e)}") from None
     columns = schema.names
 
     def pick(given: str | None, guess: str | None, what: str) -> str | None:
@@ -386,7 +387,7 @@ def _read_parquet(path: Path, image_column, label_column, id_column, allow_outsi
             label_values = table.column(label_name).to_pylist()
         id_values = None if id_name is None else table.column(id_name).to_pylist()
     except errors as e:
-        raise GenaugError(f"cannot read Parquet file {path}: {_first_line(e)}") from None
+        raise GenaugError(f"cannot read Parquet file {path}: {first_line(e)}") from None
 
     # Labels and ids first: a bad label column fails before any image is decoded.
     labels = names = None
@@ -542,7 +543,7 @@ def _read_npz(path: Path, cap: int) -> _Read:
     except MemoryError:
         raise GenaugError(f"not enough memory to read {path}") from None
     except _NPZ_ERRORS as e:
-        raise GenaugError(f"cannot read .npz file {path}: {_first_line(e)}") from None
+        raise GenaugError(f"cannot read .npz file {path}: {first_line(e)}") from None
     x = _channels_first(_to_uint8(x, path), path)
     labels = None
     if y is not None:
@@ -735,6 +736,8 @@ def _decode_with_pil(data: bytes, name: str, cap: int) -> torch.Tensor:
             w, h = im.size
             if w * h > cap:
                 raise _too_large(name, w * h, cap, f"{h}x{w}")
+            if im.format == "TIFF":
+                _silence_libtiff()
             arr = _pil_to_uint8(im)
     except Image.DecompressionBombError as e:
         # Pillow refuses above 2 * MAX_IMAGE_PIXELS inside `open`, before the check above.
@@ -745,6 +748,38 @@ def _decode_with_pil(data: bytes, name: str, cap: int) -> torch.Tensor:
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     # A copy: PIL's array is read-only, which torch warns about.
     return torch.from_numpy(np.array(arr, order="C"))
+
+
+@functools.cache
+def _silence_libtiff() -> None:
+    """Stop libtiff printing its own errors and warnings to stderr.
+
+    On a damaged TIFF libtiff writes a line (`ZIPDecode: Decoding error ...`)
+    straight to file descriptor 2, before the one-line error genaug reports;
+    Pillow raises the same failure as an exception anyway. The handlers are
+    process-wide; this runs only once genaug decodes a TIFF, and only where
+    the libtiff Pillow loaded can be found (Linux's /proc/self/maps).
+    NOTE: other TIFF reads in the same process lose those stderr lines too.
+    """
+    import ctypes
+
+    from PIL import Image
+
+    Image.init()  # loads Pillow's C core, and with it libtiff
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return
+    found = re.search(r"(/\S*libtiff[^/\s]*\.so[^/\s]*)", maps)
+    if not found:
+        return
+    try:
+        lib = ctypes.CDLL(found.group(1))
+        for setter in (lib.TIFFSetErrorHandler, lib.TIFFSetWarningHandler):
+            setter.argtypes, setter.restype = [ctypes.c_void_p], ctypes.c_void_p
+            setter(None)
+    except (OSError, AttributeError):
+        return
 
 
 def _too_large(name: str, pixels: int | None, cap: int, size: str) -> GenaugError:
@@ -829,12 +864,8 @@ def _parse_size(size) -> tuple[int, int] | None:
     return h, w
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def _reason(e: OSError | ValueError) -> str:
-    return getattr(e, "strerror", None) or _first_line(e)
+    return getattr(e, "strerror", None) or first_line(e)
 
 
 def _shown(text: str, limit: int = 200) -> str:

@@ -277,12 +277,12 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_checkpoint_and_no_temp_file(
     path = tmp_path / "m.safetensors"
     path.write_bytes(good.read_bytes())
 
-    def full(tensors, filename, metadata=None):
+    def full(filename, data):
         with open(filename, "wb") as f:  # a partial write, then the disk is full
-            f.write(b"partial")
+            f.write(data[:7])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(checkpoint, "_write_bytes", full)
     with pytest.raises(GenaugError, match="cannot write checkpoint .*m.safetensors: No space left on device") as e:
         save_model(fitted, path)
     assert "\n" not in str(e.value)
@@ -300,10 +300,10 @@ def test_a_failed_rename_leaves_no_temp_file(fitted, tmp_path, monkeypatch):
 
 
 def test_fit_on_a_full_disk_exits_2(tmp_path, capsys, monkeypatch):
-    def full(tensors, filename, metadata=None):
+    def full(filename, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(checkpoint, "_write_bytes", full)
     out = tmp_path / "m.safetensors"
     opts = [a for k, v in TINY.items() for a in ("--model-option", f"{k}={v}")]
     code = main(["fit", "digits", "-o", str(out), "--epochs", "1", "--quiet", *opts])

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from genaug.atomic import NAME_MAX, check_output, clean_stale, temp_path
 from genaug.cli.app import main
@@ -96,6 +97,21 @@ def test_output_onto_data_recipe_or_the_second_output_is_refused(workspace, caps
         assert_one_line_error(code, err)
     assert {p: digest(p) for p in before} == before
     assert not (workspace / "w.parquet").exists()
+
+
+def test_output_inside_a_dataset_folder_is_refused(capsys, tmp_path):
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(data / f"{i}.png")
+    before = {p.name: digest(p) for p in data.iterdir()}
+    for target in (data / "0.png", data / "new.parquet", tmp_path / "data" / "x.parquet"):
+        code, _, err = run_cli(capsys, "augment", tmp_path / "data", "-o", target, "-q")
+        assert_one_line_error(code, err)
+        assert "inside the DATA folder" in err
+    assert {p.name: digest(p) for p in data.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["a"]
 
 
 def test_output_that_is_not_a_regular_file_is_refused(workspace, capsys, tmp_path):

@@ -494,3 +494,23 @@ def test_info_refuses_float_labels_with_one_line(tmp_path, capsys):
     code, err = _cli(capsys, "info", path)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: label column 'label'") and "cast it to int" in err
+
+
+def test_a_damaged_tiff_is_one_error_and_nothing_from_libtiff_on_stderr(tmp_path, capfd):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(buffer, format="TIFF", compression="tiff_deflate")
+    data = bytearray(buffer.getvalue())
+    at = data.find(b"\x78")
+    stream = zlib.decompressobj()
+    while True:  # find the zlib stream: the first offset that decompresses
+        try:
+            stream.decompress(bytes(data[at:]))
+            break
+        except zlib.error:
+            at, stream = data.find(b"\x78", at + 1), zlib.decompressobj()
+    end = len(data) - len(stream.unused_data)
+    data[end - 1] ^= 0xFF  # break the Adler-32 checksum: libtiff reports it on fd 2 itself
+    (tmp_path / "bad.tiff").write_bytes(bytes(data))
+    with pytest.raises(GenaugError, match="cannot decode image"):
+        load_images(tmp_path / "bad.tiff")
+    assert capfd.readouterr().err == ""

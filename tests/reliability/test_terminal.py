@@ -99,11 +99,11 @@ def test_errors_quoting_user_text_are_one_literal_line(capsys, tmp_path):
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "--bogus[/x]" in stderr
 
 
-def test_the_error_path_cannot_raise(monkeypatch, capsys, tmp_path):
+def test_the_error_path_cannot_raise(monkeypatch, capfd, tmp_path):
     def broken_print(*args, **kwargs):
         raise UnicodeEncodeError("ascii", "é", 0, 1, "stderr cannot take this")
 
     monkeypatch.setattr(cli.err, "print", broken_print)
-    code, _, stderr = run_cli(capsys, "info", tmp_path / "missing-é.npz")
+    code, _, stderr = run_cli(capfd, "info", tmp_path / "missing-é.npz")  # the fallback writes to fd 2
     assert code == 2
     assert stderr.startswith("error: ") and "missing-\\xe9.npz" in stderr and len(stderr.splitlines()) == 1
