@@ -225,34 +225,37 @@ def _check_class_names(names, num_classes: int) -> None:
 
 
 def _check_calibration(cal) -> None:
-    """The calibration record of `genaug.fit`: equal-length lists of finite scores."""
+    """The calibration record (see `genaug.scoring.record`): nested objects of
+    finite score lists of equal length, and scalar options. Its layout is
+    read in one place, the record; here only what could hurt is refused."""
     if cal is None or cal == {}:
         return  # no record: the jobs that need one say so
     if not isinstance(cal, dict):
         raise _BadField("calibration", f"must be a JSON object, got {_kind(cal)}")
-    k = cal.get("iwae_k", 1)
-    if not _is_int(k) or not 1 <= k <= MAX_IWAE_K:
-        raise _BadField("calibration.iwae_k", f"must be an integer in 1..{MAX_IWAE_K}, got {_show(k)}")
-    _check_scores("calibration", cal)
-    if "reconstruction" in cal:
-        if not isinstance(cal["reconstruction"], dict):
-            raise _BadField("calibration.reconstruction", f"must be a JSON object, got {_kind(cal['reconstruction'])}")
-        _check_scores("calibration.reconstruction", cal["reconstruction"])
+    _check_record("calibration", cal, depth=0)
 
 
-def _check_scores(where: str, record: dict) -> None:
+def _check_record(where: str, doc: dict, depth: int) -> None:
     lengths = {}
-    for key in ("bits_per_dim", "png_bits_per_dim"):
+    for key, value in doc.items():
         field = f"{where}.{key}"
-        scores = _required(record, key, field)
-        if not isinstance(scores, list) or not all(_is_number(s) for s in scores):
-            raise _BadField(field, f"must be a list of numbers, got {_show(scores)}")
-        if not all(_finite(s) for s in scores):
-            raise _BadField(field, "holds NaN or infinite scores; refit the model")
-        lengths[key] = len(scores)
+        if isinstance(value, dict):
+            if depth >= 2:
+                raise _BadField(field, "is nested too deeply")
+            _check_record(field, value, depth + 1)
+        elif isinstance(value, list):
+            if not all(_is_number(v) for v in value):
+                raise _BadField(field, f"must be a list of numbers, got {_show(value)}")
+            if not all(_finite(v) for v in value):
+                raise _BadField(field, "holds NaN or infinite scores; refit the model")
+            lengths[key] = len(value)
+        elif key == "iwae_k" and not (_is_int(value) and 1 <= value <= MAX_IWAE_K):
+            raise _BadField(field, f"must be an integer in 1..{MAX_IWAE_K}, got {_show(value)}")
+        elif not _is_scalar(value):
+            raise _BadField(field, f"must be a number, string, boolean or null, got {_show(value)}")
     if len(set(lengths.values())) > 1:
-        n, n_png = lengths["bits_per_dim"], lengths["png_bits_per_dim"]
-        raise _BadField(where, f"has {n} bits_per_dim but {n_png} png_bits_per_dim scores")
+        shown = ", ".join(f"{n} {k}" for k, n in lengths.items())
+        raise _BadField(where, f"has score lists of different lengths ({shown})")
 
 
 def _required(doc: dict, key: str, field: str | None = None):

@@ -30,8 +30,9 @@ from genaug._version import __version__
 from genaug.data.imageset import ImageSet
 from genaug.data.parquet import image_table, write_table
 from genaug.errors import GenaugError
-from genaug.fit import DEFAULT_IWAE_K, new_model, train_on
+from genaug.fit import new_model, scoring_options, train_on
 from genaug.models.base import GenerativeModel
+from genaug.models.registry import get_family
 from genaug.models.store import load_model, model_hash
 from genaug.scoring import RawScores, resolve_score, score_images, score_values
 from genaug.scoring.calibration import (
@@ -42,6 +43,7 @@ from genaug.scoring.calibration import (
     robust_p_values,
     top_fraction,
 )
+from genaug.scoring.record import CalibrationRecord
 from genaug.train import TrainConfig
 
 DEFAULT_FDR = 0.05
@@ -59,7 +61,7 @@ class DetectionResult:
 
     data: ImageSet
     score: np.ndarray
-    bits_per_dim: np.ndarray
+    bits_per_dim: np.ndarray | None  # None for families without a likelihood: a null column
     p_value: np.ndarray
     is_outlier: np.ndarray
     rank: np.ndarray
@@ -76,7 +78,7 @@ class DetectionResult:
         """The job's output columns, in schema order."""
         return {
             "score": self.score,
-            "bits_per_dim": self.bits_per_dim,
+            "bits_per_dim": self.bits_per_dim if self.bits_per_dim is not None else pa.nulls(len(self.score), pa.float64()),
             "p_value": self.p_value,
             "is_outlier": self.is_outlier,
             "rank": self.rank,
@@ -124,42 +126,43 @@ def detect_outliers(
     `family` models with `train_config`. Flags by BH at `fdr` unless
     `contamination` (share of images to flag) is given.
     """
-    kind = resolve_score(score)
     check_fraction("fdr", fdr)
     if contamination is not None:
         check_fraction("contamination", contamination)
-    if iwae_k is not None and not (isinstance(iwae_k, int) and iwae_k >= 1):
-        raise GenaugError(f"--iwae-k must be an integer of at least 1, got {iwae_k}")
+    if model is not None and isinstance(model, (str, Path)):
+        model_path, model = str(model), load_model(model)
+    else:
+        model_path = None
+    # Everything needed is checked before any training: the score, the options.
+    cls = type(model) if model is not None else get_family(family)
+    kind = resolve_score(score, cls)
     settings: dict = {"score": kind, "fdr": fdr, "contamination": contamination}
+    if model_path is not None:
+        settings["model_path"] = model_path
 
     if model is not None:
-        if isinstance(model, (str, Path)):
-            settings["model_path"] = str(model)
-            model = load_model(model)
-        calibration = model.metadata.get("calibration")
-        if not calibration:
-            raise GenaugError("the model has no calibration scores: fit it with `genaug fit` / genaug.fit()")
-        k = int(calibration.get("iwae_k", DEFAULT_IWAE_K) if iwae_k is None else iwae_k)
-        if k != calibration.get("iwae_k", DEFAULT_IWAE_K):
-            raise GenaugError(f"the model was calibrated with --iwae-k {calibration.get('iwae_k')}; score with the same k")
+        record = CalibrationRecord.of(model)
+        options = scoring_options(cls, iwae_k, record.nll_options if iwae_k is None else None)
+        if "nll" in cls.capabilities() and options != scoring_options(cls, None, record.nll_options):
+            raise GenaugError(f"the model was calibrated with {record.nll_options}; score with the same options")
         labels = data.label_tensor() if model.num_classes > 0 else None
-        raw = score_images(model, data.images, labels, k=k, batch_size=batch_size, console=console)
+        raw = score_images(model, data.images, labels, nll_options=options, batch_size=batch_size, console=console)
         s = score_values(raw, kind)
-        cal = RawScores(
-            np.asarray(calibration["bits_per_dim"]), np.asarray(calibration["png_bits_per_dim"]), png=[]
-        )
-        p = conformal_p_values(score_values(cal, kind), s)
-        settings.update(mode="reference", model=model.name, model_hash=model_hash(model), iwae_k=k, n_calibration=len(cal.bits_per_dim))
+        p = conformal_p_values(score_values(record.scores, kind), s)
+        settings.update(mode="reference", model=model.name, model_hash=model_hash(model), n_calibration=record.size)
     else:
-        k = int(DEFAULT_IWAE_K if iwae_k is None else iwae_k)
+        options = scoring_options(cls, iwae_k)
         raw = cross_fit_scores(
-            data, family=family, model_options=model_options, folds=folds, iwae_k=k,
+            data, family=family, model_options=model_options, folds=folds, nll_options=options,
             train_config=train_config, batch_size=batch_size, console=console,
         )
         s = score_values(raw, kind)
         p = robust_p_values(s)
         trim = train_config.trim_fraction if train_config and train_config.trim_fraction is not None else SELF_AUDIT_TRIM
-        settings.update(mode="self-audit", model=family, folds=folds, iwae_k=k, trim_fraction=trim)
+        settings.update(mode="self-audit", model=family, folds=folds, trim_fraction=trim)
+    settings["nll_options"] = options
+    if "iwae_k" in options:
+        settings["iwae_k"] = options["iwae_k"]
 
     warnings = []
     if settings["mode"] == "reference" and contamination is None:
@@ -201,7 +204,7 @@ def cross_fit_scores(
     family: str = "vae",
     model_options: dict | None = None,
     folds: int = DEFAULT_FOLDS,
-    iwae_k: int = DEFAULT_IWAE_K,
+    nll_options: dict | None = None,
     train_config: TrainConfig | None = None,
     batch_size: int = 1024,
     console: Console | None = None,
@@ -218,9 +221,7 @@ def cross_fit_scores(
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).numpy()
     fold_of = np.empty(n, dtype=np.int64)
     fold_of[perm] = np.arange(n) % folds
-    bpd = np.empty(n)
-    png_bpd = np.empty(n)
-    png: list[bytes] = [b""] * n
+    parts: list[tuple[np.ndarray, RawScores]] = []
     for f in range(folds):
         held_out = np.flatnonzero(fold_of == f)
         if console is not None:
@@ -228,10 +229,29 @@ def cross_fit_scores(
         model = new_model(data, family, model_options=model_options, seed=config.seed)
         train_on(model, data.subset(fold_of != f), config, console)
         part = data.subset(held_out)
-        raw = score_images(model, part.images, k=iwae_k, batch_size=batch_size, seed=config.seed, console=console)
-        bpd[held_out] = raw.bits_per_dim
-        png_bpd[held_out] = raw.png_bits_per_dim
-        for i, b in zip(held_out, raw.png):
+        raw = score_images(
+            model, part.images, nll_options=nll_options, batch_size=batch_size, seed=config.seed, console=console
+        )
+        parts.append((held_out, raw))
+    return _gather(parts, n)
+
+
+def _gather(parts: list[tuple[np.ndarray, RawScores]], n: int) -> RawScores:
+    """One RawScores in input order from per-fold RawScores of the positions given."""
+
+    def column(get) -> np.ndarray | None:
+        if get(parts[0][1]) is None:
+            return None
+        out = np.empty(n)
+        for idx, raw in parts:
+            out[idx] = get(raw)
+        return out
+
+    png: list[bytes] = [b""] * n
+    for idx, raw in parts:
+        for i, b in zip(idx, raw.png):
             png[i] = b
-    return RawScores(bpd, png_bpd, png)
+    extra = {k: column(lambda r, k=k: r.extra[k]) for k in parts[0][1].extra}
+    return RawScores(column(lambda r: r.bits_per_dim), column(lambda r: r.png_bits_per_dim), png, extra)
+
 

@@ -17,13 +17,29 @@ from genaug._version import __version__
 from genaug.data.imageset import ImageSet
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel
-from genaug.models.registry import build_model
-from genaug.scoring import score_images
+from genaug.models.registry import build_model, get_family
+from genaug.scoring import available_scores, score_images
 from genaug.scoring.calibration import check_fraction
+from genaug.scoring.record import CalibrationRecord
 from genaug.train import TrainConfig, train
 
 DEFAULT_CALIBRATION_FRACTION = 0.2
 DEFAULT_IWAE_K = 1
+
+
+def scoring_options(family: type[GenerativeModel], iwae_k: int | None = None, nll_options: dict | None = None) -> dict:
+    """The family's `nll` options, with `iwae_k` (the CLI's --iwae-k) folded in; one line for a bad one."""
+    options = dict(nll_options or {})
+    if iwae_k is not None:
+        if isinstance(iwae_k, bool) or not isinstance(iwae_k, int) or iwae_k < 1:
+            raise GenaugError(f"--iwae-k must be an integer of at least 1, got {iwae_k}")
+        if "iwae_k" not in family.nll_options:
+            raise GenaugError(f"--iwae-k applies to families with importance-sampled bounds; '{family.name}' has none")
+        options["iwae_k"] = iwae_k
+    unknown = set(options) - set(family.nll_options)
+    if unknown:
+        raise GenaugError(f"model family '{family.name}' takes no scoring option {', '.join(sorted(unknown))}")
+    return {**family.nll_options, **options}
 
 
 def new_model(
@@ -55,6 +71,8 @@ def train_on(
     sample_weights=None,
 ) -> GenerativeModel:
     """Train `model` on all of `data` with the one training loop."""
+    if model.num_classes > 0 and data.labels is None:
+        raise GenaugError(f"model '{model.name}' is class-conditional; the data needs labels")
     labels = data.label_tensor() if model.num_classes > 0 else None
     train(model, data.images, labels, config, sample_weights=sample_weights, console=console)
     model.metadata["class_names"] = data.class_names
@@ -82,7 +100,8 @@ def fit(
     conditional: bool = False,
     model_options: dict | None = None,
     calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
-    iwae_k: int = DEFAULT_IWAE_K,
+    iwae_k: int | None = None,
+    nll_options: dict | None = None,
     train_config: TrainConfig | None = None,
     console: Console | None = None,
 ) -> GenerativeModel:
@@ -93,6 +112,11 @@ def fit(
     `rebalance`, `synthesize`, or `save_model`.
     """
     check_fraction("calibration-fraction", calibration_fraction)
+    # Everything the job will need is checked before any training.
+    cls = get_family(family)
+    options = scoring_options(cls, iwae_k, nll_options)
+    if not available_scores(cls):
+        raise GenaugError(f"model family '{family}' has neither a likelihood nor a raw score to calibrate")
     config = train_config or TrainConfig()
     n = len(data)
     n_cal = int(round(calibration_fraction * n))
@@ -104,20 +128,14 @@ def fit(
     train_on(model, data.subset(train_idx), config, console)
     cal = data.subset(cal_idx)
     cal_labels = cal.label_tensor() if model.num_classes > 0 else None
-    raw = score_images(model, cal.images, cal_labels, k=iwae_k, seed=config.seed)
-    calibration = {
-        "iwae_k": iwae_k,
-        "bits_per_dim": raw.bits_per_dim.tolist(),
-        "png_bits_per_dim": raw.png_bits_per_dim.tolist(),
-    }
-    if {"encode", "decode"} <= model.capabilities:
+    raw = score_images(model, cal.images, cal_labels, nll_options=options, seed=config.seed)
+    reconstruction = None
+    if {"encode", "decode"} <= model.capabilities():
         # What the decoder makes of the same held-out images: the reference for
         # its samples, which are decoder outputs too (see genaug.synthesize).
-        rec = score_images(model, reconstruct(model, cal.images, cal_labels), cal_labels, k=iwae_k, seed=config.seed)
-        calibration["reconstruction"] = {
-            "bits_per_dim": rec.bits_per_dim.tolist(),
-            "png_bits_per_dim": rec.png_bits_per_dim.tolist(),
-        }
+        recon_images = reconstruct(model, cal.images, cal_labels)
+        reconstruction = score_images(model, recon_images, cal_labels, nll_options=options, seed=config.seed)
+    calibration = CalibrationRecord(options, raw, reconstruction).to_metadata()
     model.metadata.update(
         {
             "genaug_version": __version__,

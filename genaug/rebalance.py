@@ -61,9 +61,10 @@ from genaug._version import __version__
 from genaug.data.imageset import ImageSet
 from genaug.data.parquet import image_table, write_tables
 from genaug.errors import GenaugError
-from genaug.limits import check_fits_in_memory
 from genaug.fit import new_model, train_on
+from genaug.limits import check_fits_in_memory
 from genaug.models.base import GenerativeModel
+from genaug.models.registry import get_family
 from genaug.models.store import load_model, model_hash
 from genaug.train import TrainConfig
 
@@ -599,10 +600,10 @@ class RebalanceResult:
 @torch.inference_mode()
 def encode_images(model: GenerativeModel, images: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
     """[N, d] latent features (posterior means) of uint8 images, in batches."""
-    if "encode" not in model.capabilities:
-        raise GenaugError(f"model family '{model.name}' has no latent space to rebalance in (needs encode)")
+    if "features" not in model.capabilities():
+        raise GenaugError(f"model family '{model.name}' has no feature space to rebalance in (needs features)")
     model.eval()
-    chunks = [model.encode(images[s : s + batch_size].to(model.device)).float().cpu() for s in range(0, len(images), batch_size)]
+    chunks = [model.features(images[s : s + batch_size].to(model.device)).float().cpu() for s in range(0, len(images), batch_size)]
     return torch.cat(chunks).numpy().astype(np.float64)
 
 
@@ -649,13 +650,16 @@ def rebalance(
     if size < 1:
         raise GenaugError(f"--size must be at least 1, got {size}")
     config = train_config or TrainConfig()
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    # What the job needs of the family is checked before any training.
+    cls = get_family(family) if model is None else type(model)
+    cls.require("features", job="rebalance")
+    if synthesize:
+        cls.require("decode", job="rebalance --synthesize")
     if model is None:
         trimmed = replace(config, trim_fraction=REBALANCE_TRIM if config.trim_fraction is None else config.trim_fraction)
         model = train_on(new_model(data, family, model_options=model_options, seed=config.seed), data, trimmed, console)
-    elif isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
-    if synthesize and "decode" not in model.capabilities:
-        raise GenaugError(f"--synthesize needs a family that decodes latents; '{model.name}' does not")
     z = encode_images(model, data.images)
     weights = sampling_weights(
         z, labels=data.labels, per_class=per_class, method=density, bins=bins, alpha=alpha, aggregate=aggregate, seed=seed

@@ -35,8 +35,9 @@ from genaug.limits import check_fits_in_memory
 from genaug.models.base import GenerativeModel
 from genaug.models.store import model_hash
 from genaug.progress import progress_bar
-from genaug.scoring import RawScores, score_images, score_values
+from genaug.scoring import resolve_score, score_images, score_values
 from genaug.scoring.calibration import benjamini_hochberg, check_fraction, conformal_p_values
+from genaug.scoring.record import CalibrationRecord
 
 MAX_FILTER_ROUNDS = 20
 
@@ -124,7 +125,7 @@ def synthesize(
     scores at that FDR are rejected and replaced (see the module docstring
     for which calibration scores).
     """
-    if "sample" not in model.capabilities:
+    if "sample" not in model.capabilities():
         raise GenaugError(f"model family '{model.name}' cannot sample")
     if n < 1:
         raise GenaugError(f"-n must be at least 1, got {n}")
@@ -139,14 +140,13 @@ def synthesize(
         return Synthesis(_as_imageset(model, images, labels, seed), seed, model_hash(model), n_drawn=n, settings=settings)
 
     check_fraction("filter-fdr", filter_fdr)
-    calibration = model.metadata.get("calibration")
-    if not calibration:
+    if not model.metadata.get("calibration"):
         raise GenaugError("--filter-fdr needs a model fitted with calibration scores (`genaug fit`)")
-    reference = calibration.get("reconstruction") or calibration
-    settings["filter_reference"] = "reconstructions" if "reconstruction" in calibration else "real images"
-    cal = RawScores(np.asarray(reference["bits_per_dim"]), np.asarray(reference["png_bits_per_dim"]), png=[])
-    cal_scores = score_values(cal, score)
-    k = int(calibration.get("iwae_k", 1))
+    record = CalibrationRecord.of(model)
+    reference = record.reconstruction or record.scores
+    settings["filter_reference"] = "reconstructions" if record.reconstruction is not None else "real images"
+    kind = resolve_score(score, model)
+    cal_scores = score_values(reference, kind)
     kept_x, kept_y, kept_s, kept_p, drawn = [], [], [], [], 0
     with progress_bar(console, "sampling + filtering", n) as advance:
         for _ in range(MAX_FILTER_ROUNDS):
@@ -157,8 +157,8 @@ def synthesize(
             m = max(need + need // 4, 16)
             images, labels = draw(model, m, label=label, temperature=temperature, generator=generator)
             drawn += m
-            raw = score_images(model, images, labels, k=k, seed=seed)
-            s = score_values(raw, score)
+            raw = score_images(model, images, labels, nll_options=record.nll_options, seed=seed)
+            s = score_values(raw, kind)
             p = conformal_p_values(cal_scores, s)
             keep = ~benjamini_hochberg(p, filter_fdr)
             idx = np.flatnonzero(keep)[:need]

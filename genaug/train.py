@@ -1,15 +1,21 @@
 """The one training loop, for every family.
 
-It knows only the model contract: `training_losses` (its "loss" is
-minimised; its "nll", when present, is shown in bits/dim) and `nll` for
-validation. Device is automatic (CUDA when present), bf16 autocast on CUDA,
-float32 on CPU; runs are seeded and reproducible on CPU; a validation split
-drives early stopping and the best weights are restored at the end.
+It knows the model contract, not the families: a model is trained in
+`stages` (each prepared, trained and early-stopped in turn, e.g. a VQ-VAE's
+autoencoder, then a prior over its codes), and a stage is a round of
+`players` (each with its own parameters, loss, optimiser settings, clipping
+and steps per round, e.g. a GAN's discriminator and generator). A family's
+`default_training()` fills the settings the user left unset. Device is
+automatic (CUDA when present), bf16 autocast on CUDA, float32 on CPU; runs
+are seeded and reproducible on CPU; a validation split drives early
+stopping and the best weights (their EMA when the family asks for one) are
+kept. `time_limit` bounds the whole run in minutes, whatever the epoch length.
 
 Divergence (a NaN or infinite loss, gradient norm, weight or validation
-score) is survived once: the weights and optimizer state of the last good
-epoch come back, the learning rate is lowered, and the epoch runs again. A
-second divergence is one GenaugError line. A trained model never holds NaN.
+score) is survived once per stage: the weights and optimiser states of the
+last good epoch come back, the learning rates are lowered, and the epoch
+runs again. A second divergence is one GenaugError line. A trained model
+never holds NaN.
 """
 
 from __future__ import annotations
@@ -17,19 +23,22 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from genaug.errors import GenaugError
-from genaug.models.base import GenerativeModel, bits_per_dim
+from genaug.models.base import GenerativeModel, Losses, Player, Stage, bits_per_dim
 
 MIN_IMAGES_FOR_VALIDATION = 20
 AUTO_IMAGES = 200_000
 # After the first divergence the learning rate is multiplied by this; there is no second chance.
 DIVERGENCE_LR_FACTOR = 0.1
+# What a setting left as None becomes when the family has no default for it either.
+GLOBAL_DEFAULTS = {"batch_size": 128, "lr": 3e-3, "betas": (0.9, 0.999)}
 
 
 @dataclass
@@ -39,12 +48,18 @@ class TrainConfig:
 
     `epochs=None` picks enough epochs to show the model about
     `AUTO_IMAGES` images (at least 10, at most 200): small datasets need
-    many passes, large ones few.
+    many passes, large ones few. `batch_size`, `lr`, `betas` and `ema_decay`
+    left as None take the family's `default_training()`, then
+    GLOBAL_DEFAULTS. `time_limit` (minutes) stops training within seconds
+    of the budget, after a last validation, keeping the best weights.
     """
 
     epochs: int | None = None
-    batch_size: int = 128
-    lr: float = 3e-3
+    batch_size: int | None = None
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    ema_decay: float | None = None  # None or 0: no EMA; e.g. 0.999 keeps an EMA of the weights
+    time_limit: float | None = None  # minutes
     val_fraction: float = 0.1
     patience: int = 10  # epochs without a validation improvement before stopping
     device: str = "auto"
@@ -57,10 +72,39 @@ class TrainConfig:
     # (0 for fit, detect.SELF_AUDIT_TRIM for self-audit).
     trim_fraction: float | None = None
 
+    def resolved(self, model: GenerativeModel) -> TrainConfig:
+        """This config with unset settings taken from the family, then GLOBAL_DEFAULTS."""
+        family = model.default_training()
+        unknown = set(family) - {f.name for f in fields(self)}
+        if unknown:
+            raise GenaugError(f"model family '{model.name}' has unknown training defaults: {', '.join(sorted(unknown))}")
+        filled = {k: v for k, v in family.items() if getattr(self, k) is None}
+        filled.update({k: v for k, v in GLOBAL_DEFAULTS.items() if getattr(self, k) is None and k not in filled})
+        return replace(self, **filled)
+
+    def check(self) -> None:
+        """One GenaugError line for a setting out of range."""
+        if self.epochs is not None and not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise GenaugError(f"epochs must be a positive integer, got {self.epochs}")
+        if self.batch_size is not None and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise GenaugError(f"batch size must be a positive integer, got {self.batch_size}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
+            raise GenaugError(f"lr must be a finite non-negative number, got {self.lr}")
+        if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit > 0):
+            raise GenaugError(f"--time-limit must be a positive number of minutes, got {self.time_limit}")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise GenaugError(f"ema decay must be in [0, 1), got {self.ema_decay}")
+        if self.trim_fraction is not None and not 0 <= self.trim_fraction < 1:
+            raise GenaugError(f"--trim must be in [0, 1), got {self.trim_fraction}")
+
 
 @dataclass
 class TrainReport:
-    """What a training run did; stored in `model.metadata["training"]`."""
+    """What a training run did; stored in `model.metadata["training"]`.
+
+    The top-level figures are those of the last stage that trained (the one
+    whose weights the jobs use); `stages` has one entry per stage.
+    """
 
     family: str
     epochs_run: int
@@ -74,18 +118,20 @@ class TrainReport:
     # Set when training diverged once and went on from the last good epoch at a lower rate.
     lr_lowered_at_epoch: int | None = None
     final_lr: float | None = None
+    time_limited: bool = False
+    stages: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for humans."""
-        val = "no validation split" if self.best_val_bits_per_dim is None else f"val {self.best_val_bits_per_dim:.3f} bits/dim"
-        lowered = (
-            ""
-            if self.lr_lowered_at_epoch is None
-            else f"; diverged in epoch {self.lr_lowered_at_epoch}, lr lowered to {self.final_lr:g}"
-        )
+        val = "no validation split" if self.best_val_bits_per_dim is None else f"val {self.best_val_bits_per_dim:.3f}"
+        extra = ""
+        if self.lr_lowered_at_epoch is not None:
+            extra += f"; diverged in epoch {self.lr_lowered_at_epoch}, lr lowered to {self.final_lr:g}"
+        if self.time_limited:
+            extra += "; stopped at the time limit"
         return (
             f"trained {self.family} for {self.epochs_run} epochs (best {self.best_epoch}) in {self.seconds:.1f} s, "
-            f"{self.images_per_second:,.0f} img/s on {self.device}; {val}{lowered}"
+            f"{self.images_per_second:,.0f} img/s on {self.device}; {val}{extra}"
         )
 
 
@@ -108,6 +154,26 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@dataclass
+class _Run:
+    """What every stage of one training run shares."""
+
+    model: GenerativeModel
+    config: TrainConfig
+    x: torch.Tensor
+    y: torch.Tensor | None
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    train_weights: torch.Tensor | None
+    val_weights: torch.Tensor | None
+    generator: torch.Generator
+    autocast: torch.autocast
+    console: Console | None
+    bar: Progress | None
+    step: int = 0  # optimiser steps so far, over all stages and players
+    seen: int = 0  # images stepped on
+
+
 def train(
     model: GenerativeModel,
     images: torch.Tensor,
@@ -117,23 +183,20 @@ def train(
     sample_weights: torch.Tensor | None = None,
     console: Console | None = None,
 ) -> TrainReport:
-    """Train `model` on uint8 `images` (and `labels` for conditional families) in place.
+    """Train `model` on uint8 `images` (and `labels` for conditional families) in place, stage by stage.
 
     With `sample_weights` [N], each epoch draws its images with replacement in
     proportion to them (DB-VAE's adaptive resampling) instead of a shuffle.
     """
-    config = config or TrainConfig()
+    config = (config or TrainConfig()).resolved(model)
+    config.check()
     n = images.shape[0]
     if n == 0:
         raise GenaugError("no images to train on")
-    if (config.epochs is not None and config.epochs < 1) or config.batch_size < 1:
-        raise GenaugError("epochs and batch size must be positive")
-    if not (math.isfinite(config.lr) and config.lr >= 0):
-        raise GenaugError(f"lr must be a finite non-negative number, got {config.lr}")
-    if config.trim_fraction is not None and not 0 <= config.trim_fraction < 1:
-        raise GenaugError(f"--trim must be in [0, 1), got {config.trim_fraction}")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # parameter init noise in families that draw it lazily
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(config.seed)  # training noise comes from the device's global RNG
     generator = torch.Generator().manual_seed(config.seed)
     model.to(device)
     x_all = images.to(device)
@@ -142,7 +205,7 @@ def train(
     perm = torch.randperm(n, generator=generator)
     n_val = int(round(config.val_fraction * n)) if n >= MIN_IMAGES_FOR_VALIDATION else 0
     val_idx, train_idx = perm[:n_val].to(device), perm[n_val:].to(device)
-    epochs = config.epochs or auto_epochs(train_idx.numel())
+    train_weights = val_weights = None
     if sample_weights is not None:
         sample_weights = torch.as_tensor(sample_weights, dtype=torch.float64)
         if sample_weights.shape != (n,) or not torch.isfinite(sample_weights).all() or (sample_weights < 0).any():
@@ -151,90 +214,53 @@ def train(
         # Validation follows the same weighting, so early stopping and the best
         # weights judge the objective being trained, not the unweighted one.
         val_weights = sample_weights[val_idx.cpu()]
-    else:
-        val_weights = None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    # Training noise (reparameterisation) comes from the global RNG of the device; seed it too.
-    if device.type == "cuda":
-        torch.cuda.manual_seed_all(config.seed)
 
-    lr, lowered_at = config.lr, None
-    # The weights and optimizer state to fall back to: those of the last epoch
-    # that ended finite (at first, the initial ones). Best is always one of them.
-    good = _snapshot(model, optimizer)
-    best = (float("inf"), 0, good[0])
-    epoch, epochs_run, stopped_early, train_bpd, seen = 0, 0, False, None, 0
+    stages = model.stages()
+    shares = [max(0.0, float(s.budget_share)) for s in stages]
+    total_share = sum(shares) or 1.0
+    epochs = config.epochs or auto_epochs(train_idx.numel())
     show = config.progress and console is not None
     started = time.perf_counter()
+    deadline = None if config.time_limit is None else started + 60.0 * config.time_limit
+    reports: list[dict] = []
+    last: dict | None = None
     with _progress(show, console) as bar:
-        task = bar.add_task(f"training {model.name}", total=epochs) if bar else None
-        while epoch < epochs:
-            epoch += 1
-            model.train()
-            if sample_weights is None:
-                pick = torch.randperm(train_idx.numel(), generator=generator)
-            else:
-                pick = torch.multinomial(train_weights, train_idx.numel(), replacement=True, generator=generator)
-            order = train_idx[pick.to(device)]
-            step = _train_epoch(model, optimizer, x_all, y_all, order, config, autocast)
-            seen += step.seen
-            problem, val_bpd = step.problem, None
-            if problem is None and not _finite_state(model):
-                problem = "a weight became NaN or infinite"
-            if problem is None and n_val:
-                val_bpd = _validate(model, x_all, y_all, val_idx, config, val_weights)
-                if not math.isfinite(val_bpd):
-                    problem = f"validation score {val_bpd}"
-            if problem is not None:
-                model.load_state_dict(good[0])  # even when giving up: never leave NaN weights behind
-                if lowered_at is not None:
-                    model.eval()
-                    raise GenaugError(
-                        f"training diverged twice ({problem} in epoch {epoch}, after lowering the learning rate "
-                        f"to {lr:g} in epoch {lowered_at}); lower --lr (now {config.lr:g})"
-                    )
-                lr, lowered_at = lr * DIVERGENCE_LR_FACTOR, epoch
-                optimizer.load_state_dict(copy.deepcopy(good[1]))  # a copy: the optimizer updates its state in place
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if show:
-                    back = f"the weights of epoch {epoch - 1}" if epoch > 1 else "the initial weights"
-                    console.print(
-                        f"training diverged in epoch {epoch} ({problem}): back to {back}, learning rate lowered to {lr:g}",
-                        highlight=False,
-                    )
-                epoch -= 1  # run this epoch again from the restored weights
+        run = _Run(model, config, x_all, y_all, train_idx, val_idx, train_weights, val_weights, generator,
+                   torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"),
+                   console if show else None, bar)
+        for i, stage in enumerate(stages):
+            if stage.prepare is not None:
+                with torch.no_grad():
+                    stage.prepare(x_all[train_idx], None if y_all is None else y_all[train_idx])
+            players = stage.players()
+            if not players or shares[i] == 0:
                 continue
-            epochs_run = epoch
-            train_bpd = step.train_bpd
-            good = _snapshot(model, optimizer)
-            score = val_bpd if val_bpd is not None else epoch  # no split: keep the last weights
-            if val_bpd is None or score < best[0]:
-                best = (score, epoch, good[0])
-            if bar:
-                shown = f"train {train_bpd:.3f}" if train_bpd is not None else f"loss {step.last_loss:.4f}"
-                if val_bpd is not None:
-                    shown += f", val {val_bpd:.3f}"
-                bar.update(task, advance=1, description=f"training {model.name} ({shown} bits/dim)")
-            if val_bpd is not None and epoch - best[1] >= config.patience:
-                stopped_early = True
-                break
+            stage_epochs = max(1, round(epochs * shares[i] / total_share))
+            stage_deadline = None
+            if deadline is not None:
+                # This stage's share of the time still left, so an early-stopped stage gives its rest to the next.
+                remaining = sum(shares[i:]) or 1.0
+                stage_deadline = time.perf_counter() + (deadline - time.perf_counter()) * shares[i] / remaining
+            last = _train_stage(run, stage, players, stage_epochs, stage_deadline)
+            reports.append(last)
     seconds = time.perf_counter() - started
-    model.load_state_dict(best[2])
     model.eval()
+    last = last or {"name": "none", "epochs_run": 0, "best_epoch": 0, "best_val": None, "train_bpd": None,
+                    "stopped_early": False, "lr_lowered_at_epoch": None, "final_lr": None, "time_limited": False}
     report = TrainReport(
         family=model.name,
-        epochs_run=epochs_run,
-        best_epoch=best[1],
-        best_val_bits_per_dim=float(best[0]) if n_val and math.isfinite(best[0]) else None,
-        train_bits_per_dim=None if train_bpd is None else float(train_bpd),
+        epochs_run=sum(r["epochs_run"] for r in reports),
+        best_epoch=last["best_epoch"],
+        best_val_bits_per_dim=last["best_val"],
+        train_bits_per_dim=last["train_bpd"],
         seconds=seconds,
-        images_per_second=seen / max(seconds, 1e-9),
+        images_per_second=run.seen / max(seconds, 1e-9),
         device=str(device),
-        stopped_early=stopped_early,
-        lr_lowered_at_epoch=lowered_at,
-        final_lr=lr,
+        stopped_early=last["stopped_early"],
+        lr_lowered_at_epoch=last["lr_lowered_at_epoch"],
+        final_lr=last["final_lr"],
+        time_limited=any(r["time_limited"] for r in reports),
+        stages=reports,
     )
     model.metadata["training"] = {**asdict(report), "summary": report.summary(), "config": _config_dict(config)}
     if show:
@@ -242,58 +268,176 @@ def train(
     return report
 
 
+def _train_stage(run: _Run, stage: Stage, players: list[Player], epochs: int, deadline: float | None) -> dict:
+    """Train one stage until `epochs`, early stopping or `deadline`; the best weights are kept."""
+    model, config = run.model, run.config
+    optimizers = [
+        torch.optim.AdamW(
+            p.parameters,
+            lr=config.lr if p.lr is None else p.lr,
+            betas=tuple(p.betas or config.betas),
+            weight_decay=p.weight_decay,
+        )
+        for p in players
+    ]
+    ema = _Ema(model, config.ema_decay) if config.ema_decay else None
+    scale, lowered_at = 1.0, None
+    # The weights and optimiser states to fall back to: those of the last epoch
+    # that ended finite (at first, the initial ones). Best is always one of them.
+    good = _snapshot(model, optimizers, ema)
+    best = (float("inf"), 0, good[0])
+    epoch = epochs_run = 0
+    stopped_early = time_limited = False
+    train_bpd = None
+    n_val = run.val_idx.numel()
+    task = run.bar.add_task(f"training {model.name} ({stage.name})", total=epochs) if run.bar else None
+    while epoch < epochs and not time_limited:
+        epoch += 1
+        model.train()
+        result = _train_epoch(run, players, optimizers, ema, deadline)
+        time_limited = result.time_limited
+        problem, val = result.problem, None
+        if problem is None and not _finite_state(model):
+            problem = "a weight became NaN or infinite"
+        if problem is None and n_val:
+            with _weights(model, ema):
+                val = _validate(run, stage)
+            if not math.isfinite(val):
+                problem = f"validation score {val}"
+        if problem is not None:
+            _restore(model, optimizers, ema, good)  # even when giving up: never leave NaN weights behind
+            if lowered_at is not None:
+                model.eval()
+                raise GenaugError(
+                    f"training diverged twice ({problem} in epoch {epoch} of stage '{stage.name}', after lowering "
+                    f"the learning rate {1 / scale:g}x in epoch {lowered_at}); lower --lr (now {config.lr:g})"
+                )
+            scale, lowered_at = scale * DIVERGENCE_LR_FACTOR, epoch
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] *= DIVERGENCE_LR_FACTOR
+            if run.console is not None:
+                back = f"the weights of epoch {epoch - 1}" if epoch > 1 else "the initial weights"
+                run.console.print(
+                    f"training diverged in epoch {epoch} ({problem}): back to {back}, learning rates lowered "
+                    f"{1 / scale:g}x",
+                    highlight=False,
+                )
+            epoch -= 1  # run this epoch again from the restored weights
+            time_limited = False if deadline is None else time.perf_counter() >= deadline
+            continue
+        epochs_run = epoch
+        train_bpd = result.train_bpd
+        good = _snapshot(model, optimizers, ema)
+        score = val if val is not None else epoch  # no split: keep the last weights
+        if val is None or score < best[0]:
+            best = (score, epoch, _ema_or_model_state(model, ema, good))
+        if run.bar:
+            shown = f"train {train_bpd:.3f} bits/dim" if train_bpd is not None else f"loss {result.last_loss:.4f}"
+            if val is not None:
+                shown += f", val {val:.3f}"
+            run.bar.update(task, advance=1, description=f"training {model.name} ({stage.name}: {shown})")
+        if val is not None and epoch - best[1] >= config.patience:
+            stopped_early = True
+            break
+    model.load_state_dict(best[2])
+    final_lr = optimizers[0].param_groups[0]["lr"] if optimizers else None
+    return {
+        "name": stage.name,
+        "epochs_run": epochs_run,
+        "best_epoch": best[1],
+        "best_val": float(best[0]) if n_val and math.isfinite(best[0]) else None,
+        "train_bpd": None if train_bpd is None else float(train_bpd),
+        "stopped_early": stopped_early,
+        "lr_lowered_at_epoch": lowered_at,
+        "final_lr": final_lr,
+        "time_limited": time_limited,
+    }
+
+
 @dataclass
 class _EpochResult:
-    seen: int  # images stepped on
     train_bpd: float | None  # mean training bits/dim, None when the family reports no finite nll
     last_loss: float
     problem: str | None  # what diverged, None when every step was finite
+    time_limited: bool
 
 
-def _train_epoch(model, optimizer, x_all, y_all, order, config: TrainConfig, autocast) -> _EpochResult:
-    """One pass over `order`; stops at the first non-finite loss or gradient norm, before stepping on it."""
-    nll_sum, nll_count, seen, loss = 0.0, 0, 0, None
-    for start in range(0, order.numel(), config.batch_size):
-        batch = order[start : start + config.batch_size]
-        with autocast:
-            losses = model.training_losses(x_all[batch], None if y_all is None else y_all[batch])
-        loss = trimmed_loss(losses, config.trim_fraction)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        # One device sync per step for both checks; a NaN norm would also turn every clipped gradient NaN.
-        if not bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
-            value = float(loss.detach())
-            what = f"loss {value:g}" if not math.isfinite(value) else f"gradient norm {float(norm):g}"
-            return _EpochResult(seen, None, value, what)
-        optimizer.step()
-        seen += batch.numel()
-        if "nll" in losses:
-            nll_sum += float(losses["nll"].float().sum())
-            nll_count += batch.numel()
-    train_bpd = bits_per_dim(nll_sum / nll_count, model.num_dims) if nll_count else None
-    if train_bpd is not None and not math.isfinite(train_bpd):
-        train_bpd = None  # trimmed-out images can have infinite nll while the trained loss is finite
-    return _EpochResult(seen, train_bpd, float(loss.detach()) if loss is not None else float("nan"), None)
+def _batches(run: _Run) -> Iterator[torch.Tensor]:
+    """One epoch of batch indices: a shuffle, or a weighted draw with replacement."""
+    n_train = run.train_idx.numel()
+    if run.train_weights is None:
+        pick = torch.randperm(n_train, generator=run.generator)
+    else:
+        pick = torch.multinomial(run.train_weights, n_train, replacement=True, generator=run.generator)
+    order = run.train_idx[pick.to(run.train_idx.device)]
+    for start in range(0, order.numel(), run.config.batch_size):
+        yield order[start : start + run.config.batch_size]
 
 
-def _snapshot(model, optimizer) -> tuple[dict, dict]:
-    """Copies of the model's and the optimizer's state, to come back to after a divergence."""
-    return copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+def _train_epoch(run: _Run, players, optimizers, ema, deadline: float | None) -> _EpochResult:
+    """One pass over the training split in rounds: each player takes its `steps` steps, one batch each.
+
+    Stops at the first non-finite loss or gradient norm (before stepping on
+    it), or when `deadline` passes.
+    """
+    model, config = run.model, run.config
+    nll_sum, nll_count, last_loss = 0.0, 0, float("nan")
+    batches = _batches(run)
+    done = False
+    while not done:
+        for player, optimizer in zip(players, optimizers):
+            for _ in range(player.steps):
+                batch = next(batches, None)
+                if batch is None:
+                    done = True
+                    break
+                y = None if run.y is None else run.y[batch]
+                with run.autocast:
+                    losses: Losses = player.loss(run.x[batch], y, run.step)
+                loss = trimmed_loss(losses, config.trim_fraction if player.trim else None)
+                # Gradients of every parameter are cleared: a generator's loss reaches the discriminator too.
+                model.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(player.parameters, player.max_grad_norm or config.max_grad_norm)
+                # One device sync per step for both checks; a NaN norm would also turn every clipped gradient NaN.
+                if not bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
+                    value = float(loss.detach())
+                    what = f"loss {value:g}" if not math.isfinite(value) else f"gradient norm {float(norm):g}"
+                    return _EpochResult(None, value, f"{what} ({player.name})", False)
+                optimizer.step()
+                if player.clip_value is not None:
+                    with torch.no_grad():
+                        for p in player.parameters:
+                            p.clamp_(-player.clip_value, player.clip_value)
+                if ema is not None:
+                    ema.update(model)
+                run.step += 1
+                run.seen += batch.numel()
+                last_loss = float(loss.detach())
+                if losses.nll is not None:
+                    nll_sum += float(losses.nll.float().sum())
+                    nll_count += batch.numel()
+                if deadline is not None and time.perf_counter() >= deadline:
+                    return _EpochResult(_mean_bpd(nll_sum, nll_count, model), last_loss, None, True)
+            if done:
+                break
+    return _EpochResult(_mean_bpd(nll_sum, nll_count, model), last_loss, None, False)
 
 
-def _finite_state(model) -> bool:
-    """True when every floating-point weight and buffer is finite (one device sync)."""
-    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
-    return bool(torch.stack(checks).all()) if checks else True
+def _mean_bpd(nll_sum: float, count: int, model: GenerativeModel) -> float | None:
+    if not count:
+        return None
+    bpd = bits_per_dim(nll_sum / count, model.num_dims)
+    return bpd if math.isfinite(bpd) else None  # trimmed-out images can have infinite nll
 
 
-def trimmed_loss(losses: dict, trim_fraction: float | None):
+def trimmed_loss(losses: Losses, trim_fraction: float | None) -> torch.Tensor:
     """The batch loss, leaving out the `trim_fraction` highest per-image losses
-    (families without "per_image" losses are not trimmed)."""
-    per_image = losses.get("per_image")
+    (losses without `per_image`, which do not compare across images, are not trimmed)."""
+    per_image = losses.per_image
     if not trim_fraction or per_image is None:
-        return losses["loss"]
+        return losses.loss
     keep = max(1, int(round(per_image.numel() * (1.0 - trim_fraction))))
     return torch.topk(per_image, keep, largest=False, sorted=False).values.mean()
 
@@ -304,21 +448,81 @@ def auto_epochs(n_train: int) -> int:
 
 
 @torch.inference_mode()
-def _validate(model, x_all, y_all, val_idx, config: TrainConfig, weights=None) -> float:
-    """Mean (or `weights`-weighted mean) validation bits/dim with fixed noise, so epochs compare fairly."""
-    model.eval()
-    generator = torch.Generator(device=x_all.device).manual_seed(config.seed)
-    w = torch.ones(val_idx.numel(), dtype=torch.float64) if weights is None else weights
+def _validate(run: _Run, stage: Stage) -> float:
+    """Mean (or weighted mean) of the stage's validation score, with fixed noise so epochs compare fairly."""
+    run.model.eval()
+    generator = torch.Generator(device=run.x.device).manual_seed(run.config.seed)
+    idx_all = run.val_idx
+    w = torch.ones(idx_all.numel(), dtype=torch.float64) if run.val_weights is None else run.val_weights
     total = 0.0
-    for start in range(0, val_idx.numel(), 1024):
-        idx = val_idx[start : start + 1024]
-        y = None if y_all is None else y_all[idx]
-        if "nll" in model.capabilities:
-            per_image = bits_per_dim(model.nll(x_all[idx], y, generator=generator).double(), model.num_dims)
-        else:
-            per_image = model.training_losses(x_all[idx], y)["loss"].double().expand(idx.numel())
-        total += float((per_image.cpu() * w[start : start + idx.numel()]).sum())
+    for start in range(0, idx_all.numel(), 1024):
+        idx = idx_all[start : start + 1024]
+        y = None if run.y is None else run.y[idx]
+        score = stage.validation(run.x[idx], y, generator=generator).double().reshape(-1)
+        total += float((score.cpu() * w[start : start + idx.numel()]).sum())
     return total / max(float(w.sum()), 1e-12)
+
+
+class _Ema:
+    """An exponential moving average of every floating-point weight and buffer."""
+
+    def __init__(self, model: GenerativeModel, decay: float) -> None:
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: GenerativeModel) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.state:
+                self.state[k].lerp_(v.detach(), 1.0 - self.decay)
+
+
+class _weights:
+    """Context: the model holds its EMA weights inside, its trained weights again after."""
+
+    def __init__(self, model: GenerativeModel, ema: _Ema | None) -> None:
+        self.model, self.ema, self.saved = model, ema, None
+
+    def __enter__(self):
+        if self.ema is not None:
+            self.saved = copy.deepcopy(self.model.state_dict())
+            self.model.load_state_dict({**self.saved, **self.ema.state})
+        return self.model
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.model.load_state_dict(self.saved)
+        return False
+
+
+def _ema_or_model_state(model: GenerativeModel, ema: _Ema | None, good: tuple) -> dict:
+    """The weights to keep as best: the EMA's where there is one."""
+    if ema is None:
+        return good[0]
+    return {**good[0], **copy.deepcopy(ema.state)}
+
+
+def _snapshot(model, optimizers, ema) -> tuple:
+    """Copies of the model's, the optimisers' and the EMA's state, to come back to after a divergence."""
+    return (
+        copy.deepcopy(model.state_dict()),
+        [copy.deepcopy(o.state_dict()) for o in optimizers],
+        None if ema is None else copy.deepcopy(ema.state),
+    )
+
+
+def _restore(model, optimizers, ema, good) -> None:
+    model.load_state_dict(good[0])
+    for opt, state in zip(optimizers, good[1]):
+        opt.load_state_dict(copy.deepcopy(state))  # a copy: the optimiser updates its state in place
+    if ema is not None:
+        ema.state = copy.deepcopy(good[2])
+
+
+def _finite_state(model) -> bool:
+    """True when every floating-point weight and buffer is finite (one device sync)."""
+    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 def _config_dict(config: TrainConfig) -> dict:

@@ -16,7 +16,7 @@ class ToyModel(GenerativeModel):
     """A stand-in third-party family: a few parameters and one constructor option."""
 
     name = "toy"
-    capabilities = frozenset({"nll"})
+    likelihood = "exact"
 
     def __init__(self, image_shape, num_classes=0, *, width=3):
         super().__init__(image_shape, num_classes)

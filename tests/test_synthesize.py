@@ -42,8 +42,8 @@ def test_filter_keeps_only_samples_that_pass_bh(conditional_model):
 
 
 def test_fit_stores_what_the_decoder_makes_of_the_calibration_images(conditional_model):
-    cal = conditional_model.metadata["calibration"]
-    rec = cal["reconstruction"]
+    cal = conditional_model.metadata["calibration"]["scores"]
+    rec = conditional_model.metadata["calibration"]["reconstruction"]
     assert len(rec["bits_per_dim"]) == len(rec["png_bits_per_dim"]) == len(cal["bits_per_dim"])
     assert np.isfinite(rec["bits_per_dim"]).all() and np.isfinite(rec["png_bits_per_dim"]).all()
     # They are other images than the real ones: decoder outputs code differently.

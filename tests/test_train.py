@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from genaug.errors import GenaugError
+from genaug.models.base import Losses
 from genaug.models.vae import VAE
 from genaug.train import TrainConfig, auto_epochs, resolve_device, train, trimmed_loss
 
@@ -59,7 +60,7 @@ def test_bad_settings_are_clear_errors():
 
 def test_trimmed_loss_leaves_out_the_worst_images():
     per_image = torch.tensor([1.0, 2.0, 3.0, 100.0])
-    losses = {"loss": per_image.mean(), "per_image": per_image}
+    losses = Losses(per_image.mean(), per_image)
     assert trimmed_loss(losses, 0.25).item() == pytest.approx(2.0)
     assert trimmed_loss(losses, None).item() == pytest.approx(per_image.mean().item())
 

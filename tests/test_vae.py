@@ -67,9 +67,9 @@ def trained(digits):
 def test_iwae_bound_is_no_looser_than_the_elbo(trained, digits):
     x = digits.images[:256]
     with torch.inference_mode():
-        elbo = trained.nll(x, k=1, generator=torch.Generator().manual_seed(0)).mean()
-        iwae = trained.nll(x, k=16, generator=torch.Generator().manual_seed(0)).mean()
-        iwae64 = trained.nll(x, k=64, generator=torch.Generator().manual_seed(0)).mean()
+        elbo = trained.nll(x, iwae_k=1, generator=torch.Generator().manual_seed(0)).mean()
+        iwae = trained.nll(x, iwae_k=16, generator=torch.Generator().manual_seed(0)).mean()
+        iwae64 = trained.nll(x, iwae_k=64, generator=torch.Generator().manual_seed(0)).mean()
     # Lower nll = tighter bound; it tightens with k (Burda et al. 2016).
     assert iwae <= elbo + 1e-3
     assert iwae64 <= iwae + 0.05
@@ -77,8 +77,8 @@ def test_iwae_bound_is_no_looser_than_the_elbo(trained, digits):
 
 def test_nll_is_reproducible_with_a_generator(trained, digits):
     x = digits.images[:32]
-    a = trained.nll(x, k=4, generator=torch.Generator().manual_seed(3))
-    b = trained.nll(x, k=4, generator=torch.Generator().manual_seed(3))
+    a = trained.nll(x, iwae_k=4, generator=torch.Generator().manual_seed(3))
+    b = trained.nll(x, iwae_k=4, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b)
 
 
@@ -93,9 +93,9 @@ def test_training_steps_reduce_the_loss():
     model = VAE((1, 8, 8))
     x = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8) // 64 * 64
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = model.training_losses(x)["loss"].item()
+    first = model.training_losses(x).loss.item()
     for _ in range(30):
-        loss = model.training_losses(x)["loss"]
+        loss = model.training_losses(x).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

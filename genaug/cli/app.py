@@ -158,6 +158,10 @@ LabelColumn = Annotated[Optional[str], typer.Option(help="Parquet column holding
 IdColumn = Annotated[Optional[str], typer.Option(help="Parquet column holding ids (default: 'id' if present).")]
 Family = Annotated[str, typer.Option("--model", help="Model family to train (see `genaug info --models`).")]
 Epochs = Annotated[Optional[int], typer.Option(help="Maximum training epochs (early stopping may end sooner).")]
+TimeLimit = Annotated[
+    Optional[float],
+    typer.Option("--time-limit", help="Stop training after this many minutes (a last validation, best weights kept)."),
+]
 BatchSize = Annotated[Optional[int], typer.Option(help="Training batch size.")]
 LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Learning rate.")]
 Device = Annotated[str, typer.Option(help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")]
@@ -226,10 +230,10 @@ def _model_options(pairs: list[str] | None) -> dict:
     return options
 
 
-def _train_config(epochs, batch_size, lr, device, seed, quiet, trim=None):
+def _train_config(epochs, batch_size, lr, device, seed, quiet, trim=None, time_limit=None):
     from genaug.train import TrainConfig
 
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "time_limit": time_limit}
     for name, value in overrides.items():
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise GenaugError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
@@ -264,6 +268,7 @@ def fit(
     calibration_fraction: Annotated[float, typer.Option(help="Share held out to calibrate p-values.")] = 0.2,
     iwae_k: IwaeK = None,
     epochs: Epochs = None,
+    time_limit: TimeLimit = None,
     batch_size: BatchSize = None,
     lr: LearningRate = None,
     trim: Trim = None,
@@ -280,7 +285,6 @@ def fit(
     quiet: Quiet = False,
 ) -> None:
     """Train a model on DATA, hold out a calibration split, and save it."""
-    from genaug.fit import DEFAULT_IWAE_K
     from genaug.fit import fit as fit_model
     from genaug.models.store import model_hash, save_model
 
@@ -294,8 +298,8 @@ def fit(
         conditional=conditional,
         model_options=_model_options(model_option),
         calibration_fraction=calibration_fraction,
-        iwae_k=DEFAULT_IWAE_K if iwae_k is None else iwae_k,
-        train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim),
+        iwae_k=iwae_k,
+        train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim, time_limit=time_limit),
         console=None if quiet else err,
     )
     model.metadata["command"] = _command_line()
@@ -323,6 +327,7 @@ def detect_outliers(
     iwae_k: IwaeK = None,
     top: Annotated[int, typer.Option(help="Rows of the top-outlier table to print.")] = 10,
     epochs: Epochs = None,
+    time_limit: TimeLimit = None,
     batch_size: BatchSize = None,
     lr: LearningRate = None,
     trim: Trim = None,
@@ -356,7 +361,7 @@ def detect_outliers(
         contamination=contamination,
         folds=folds,
         iwae_k=iwae_k,
-        train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim),
+        train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim, time_limit=time_limit),
         console=None if quiet else err,
     )
     if model_path is not None:
@@ -389,7 +394,7 @@ def _print_top(result, n: int) -> None:
             result.data.ids[i],
             label,
             f"{result.score[i]:.3f}",
-            f"{result.bits_per_dim[i]:.3f}",
+            "" if result.bits_per_dim is None else f"{result.bits_per_dim[i]:.3f}",
             f"{result.p_value[i]:.2g}",
             "yes" if result.is_outlier[i] else "",
         )
@@ -410,14 +415,39 @@ def info(
 ) -> None:
     """Summarise a dataset, a checkpoint, or the available model families."""
     if models or path is None:
-        from genaug.models.registry import available_families
-
-        out.print("model families: " + ", ".join(available_families()))
+        _info_models()
         return
     if path.endswith(".safetensors"):
         _info_checkpoint(path)
     else:
         _info_dataset(path, image_size, mode, image_column, label_column, allow_outside_root, max_pixels)
+
+
+def _info_models() -> None:
+    """A table of the model families and what each can do (what the jobs check)."""
+    from genaug.models.registry import available_families, get_family
+    from genaug.scoring import available_scores
+
+    table = Table(title="model families", title_justify="left")
+    table.add_column("family", no_wrap=True)
+    for column in ("likelihood", "latent", "scores", "rebalance", "synthesize"):
+        table.add_column(column)
+    for name in available_families():
+        try:
+            cls = get_family(name)
+        except GenaugError as e:  # a broken plug-in still lists, with why
+            table.add_row(name, "", "", f"unavailable: {e}", "", "")
+            continue
+        caps = cls.capabilities()
+        table.add_row(
+            name,
+            cls.likelihood,
+            cls.latent,
+            ", ".join(available_scores(cls)) or "none",
+            "yes" if "features" in caps else "no",
+            "yes" if "sample" in caps else "no",
+        )
+    out.print(table)
 
 
 def _info_checkpoint(path: str) -> None:
@@ -560,6 +590,7 @@ def rebalance(
     synthesize: Annotated[int, typer.Option(help="Add this many latent-SMOTE images of the rare regions.")] = 0,
     resampled: Annotated[Optional[Path], typer.Option(help="Also write the resample, one row per draw.")] = None,
     epochs: Epochs = None,
+    time_limit: TimeLimit = None,
     batch_size: BatchSize = None,
     lr: LearningRate = None,
     device: Device = "auto",
@@ -589,7 +620,7 @@ def rebalance(
         model=model,
         family=family,
         model_options=_model_options(model_option),
-        train_config=_train_config(epochs, batch_size, lr, device, seed, quiet),
+        train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, time_limit=time_limit),
         density=density,
         bins=bins,
         alpha=alpha,

@@ -17,6 +17,9 @@ ENTRY_POINT_GROUP = "genaug.models"
 
 # name -> "module:Class"; imported lazily so `genaug --help` stays fast.
 _BUILTIN = {
+    "ae": "genaug.models.ae:Autoencoder",
+    "gated-pixelcnn": "genaug.models.gated_pixelcnn:GatedPixelCNN",
+    "pixelcnn": "genaug.models.pixelcnn:PixelCNN",
     "vae": "genaug.models.vae:VAE",
 }
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genaug.errors import GenaugError
-from genaug.models.base import GenerativeModel
+from genaug.models.base import GenerativeModel, Losses
 from genaug.models.distributions import (
     discretized_logistic_log_prob,
     from_unit_range,
@@ -79,7 +79,9 @@ class VAE(GenerativeModel):
     """Gaussian encoder q(z|x), standard normal prior, discretized-logistic decoder p(x|z, y)."""
 
     name = "vae"
-    capabilities = frozenset({"nll", "encode", "decode", "sample"})
+    likelihood = "bound"
+    latent = "continuous"
+    nll_options = {"iwae_k": 1}
 
     def __init__(
         self,
@@ -146,42 +148,31 @@ class VAE(GenerativeModel):
         mean, log_scale = self.decoder_params(z, y)
         return discretized_logistic_log_prob(x, mean, log_scale).flatten(1).sum(-1)
 
-    def _labels(self, y: Tensor | None, n: int) -> Tensor | None:
-        if self.embed is None or y is None:
-            return None
-        y = torch.as_tensor(y, device=self.device).long().reshape(-1)
-        if y.shape[0] != n:
-            raise GenaugError(f"{y.shape[0]} labels for {n} images")
-        if n and (y.min() < 0 or y.max() >= self.num_classes):
-            raise GenaugError(f"labels must be in 0..{self.num_classes - 1}, got {int(y.min())}..{int(y.max())}")
-        return y
-
     # -- the contract ----------------------------------------------------------
-    def training_losses(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def training_losses(self, x: Tensor, y: Tensor | None = None, *, step: int = 0) -> Losses:
         """Negative ELBO with one reparameterised sample; `loss` is per dimension so
         one learning rate fits 8x8 and 64x64 alike; `per_image` is that loss per image."""
-        y = self._labels(y, x.shape[0])
+        y = self.check_labels(y, x.shape[0])
         mu, logvar = self.posterior(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         recon = -self.log_px_z(x, z, y)
         kl = gaussian_kl(mu, logvar)
         nll = recon + kl
         per_image = nll / self.num_dims
-        return {
-            "loss": per_image.mean(),
-            "per_image": per_image,
-            "nll": nll.detach(),
-            "recon": recon.detach(),
-            "kl": kl.detach(),
-        }
+        return Losses(
+            loss=per_image.mean(),
+            per_image=per_image,
+            nll=nll.detach(),
+            logs={"recon": recon.detach().mean(), "kl": kl.detach().mean()},
+        )
 
-    def nll(self, x: Tensor, y: Tensor | None = None, *, k: int = 1, generator: torch.Generator | None = None) -> Tensor:
-        """[B] nats: the negative ELBO (k=1) or the k-sample IWAE bound, an upper bound
-        on -log p(x) that tightens as k grows."""
-        if int(k) < 1:
-            raise GenaugError(f"the number of importance samples k must be at least 1, got {k}")
-        k = int(k)
-        y = self._labels(y, x.shape[0])
+    def nll(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None, **options) -> Tensor:
+        """[B] nats: the negative ELBO (`iwae_k=1`) or the k-sample IWAE bound, an upper
+        bound on -log p(x) that tightens as k grows."""
+        k = self.check_nll_options(options)["iwae_k"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise GenaugError(f"--iwae-k must be an integer of at least 1, got {k}")
+        y = self.check_labels(y, x.shape[0])
         mu, logvar = self.posterior(x)
         std = torch.exp(0.5 * logvar)
         b, d = mu.shape
@@ -206,12 +197,15 @@ class VAE(GenerativeModel):
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """uint8 images: each subpixel's logistic mean, mapped to 0..255."""
         z = z.to(self.device, torch.float32)
-        return from_unit_range(self.decoder_params(z, self._labels(y, z.shape[0]))[0])
+        return from_unit_range(self.decoder_params(z, self.check_labels(y, z.shape[0]))[0])
 
-    def sample(self, n, y=None, *, generator=None, temperature: float = 1.0) -> Tensor:
+    def sample(self, n, y=None, *, generator=None, progress=None, temperature: float = 1.0) -> Tensor:
         """n images decoded from z ~ N(0, temperature^2 I); uniform random classes when
-        the model is conditional and `y` is None."""
+        the model is conditional and `y` is None. One decoder pass: `progress` is told at the end."""
         if self.num_classes > 0 and y is None:
             y = torch.randint(self.num_classes, (n,), generator=generator, device=self.device)
         z = temperature * torch.randn((n, self.config.latent_dim), generator=generator, device=self.device)
-        return self.decode(z, y)
+        images = self.decode(z, y)
+        if progress is not None:
+            progress(n)
+        return images

@@ -16,7 +16,7 @@ def model_bits_per_dim(
     images: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    k: int = 1,
+    nll_options: dict | None = None,
     batch_size: int = 1024,
     seed: int = 0,
     progress=None,
@@ -29,6 +29,7 @@ def model_bits_per_dim(
     `progress` is an optional callable taking the number of images done.
     """
     model.eval()
+    options = dict(nll_options or {})
     device = model.device
     generator = torch.Generator(device=device).manual_seed(seed)
     out = np.empty(images.shape[0], dtype=np.float64)
@@ -36,21 +37,51 @@ def model_bits_per_dim(
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
         if conditional and labels is None:
-            nats = _marginal_nll(model, x, k=k, generator=generator)
+            nats = _marginal_nll(model, x, options, generator=generator)
         else:
             y = None if not conditional else labels[start : start + batch_size].to(device)
-            nats = model.nll(x, y, k=k, generator=generator)
+            nats = model.nll(x, y, generator=generator, **options)
         out[start : start + x.shape[0]] = bits_per_dim(nats.float(), model.num_dims).cpu().numpy()
         if progress is not None:
             progress(x.shape[0])
     return out
 
 
-def _marginal_nll(model: GenerativeModel, x: torch.Tensor, *, k: int, generator) -> torch.Tensor:
+def _marginal_nll(model: GenerativeModel, x: torch.Tensor, options: dict, *, generator) -> torch.Tensor:
     per_class = torch.stack(
         [
-            model.nll(x, torch.full((x.shape[0],), c, device=x.device, dtype=torch.long), k=k, generator=generator)
+            model.nll(x, torch.full((x.shape[0],), c, device=x.device, dtype=torch.long), generator=generator, **options)
             for c in range(model.num_classes)
         ]
     )
     return -(torch.logsumexp(-per_class, dim=0) - math.log(model.num_classes))
+
+
+@torch.inference_mode()
+def model_raw_scores(
+    model: GenerativeModel,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    batch_size: int = 1024,
+    seed: int = 0,
+    progress=None,
+) -> dict[str, np.ndarray]:
+    """The family's extra named scores (`raw_score_names`), each [N] float64; {} when it has none."""
+    names = model.raw_score_names
+    if not names:
+        return {}
+    model.eval()
+    device = model.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = {name: np.empty(images.shape[0], dtype=np.float64) for name in names}
+    conditional = model.num_classes > 0 and labels is not None
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True)
+        y = labels[start : start + batch_size].to(device) if conditional else None
+        scores = model.raw_scores(x, y, generator=generator)
+        for name in names:
+            out[name][start : start + x.shape[0]] = scores[name].float().cpu().numpy()
+        if progress is not None:
+            progress(x.shape[0])
+    return out

@@ -80,15 +80,19 @@ def _poison(tensors, value):
 
 # (what is changed, metadata edits {dotted field: value}, the message the refusal must hold)
 METADATA_ATTACKS = {
-    "NaN calibration score": ({"calibration.bits_per_dim": [float("nan"), 1.0]}, "field 'calibration.bits_per_dim'"),
+    "NaN calibration score": (
+        {"calibration.scores.bits_per_dim": [float("nan"), 1.0]}, "field 'calibration.scores.bits_per_dim'"
+    ),
     "inf reconstruction score": (
         {"calibration.reconstruction.png_bits_per_dim": [float("inf")]},
         "field 'calibration.reconstruction.png_bits_per_dim'",
     ),
-    "scores as strings": ({"calibration.png_bits_per_dim": ["1.0"]}, "field 'calibration.png_bits_per_dim'"),
-    "score lists of different lengths": ({"calibration.png_bits_per_dim": [1.0]}, "field 'calibration'"),
+    "scores as strings": (
+        {"calibration.scores.png_bits_per_dim": ["1.0"]}, "field 'calibration.scores.png_bits_per_dim'"
+    ),
+    "score lists of different lengths": ({"calibration.scores.png_bits_per_dim": [1.0]}, "field 'calibration.scores'"),
     "calibration a list": ({"calibration": [1.0]}, "field 'calibration'"),
-    "iwae_k a boolean": ({"calibration.iwae_k": True}, "field 'calibration.iwae_k'"),
+    "iwae_k a boolean": ({"calibration.nll_options.iwae_k": True}, "field 'calibration.nll_options.iwae_k'"),
     "image_shape a string": ({"image_shape": "1x8x8"}, "field 'image_shape'"),
     "image_shape of 4 channels": ({"image_shape": [4, 8, 8]}, "field 'image_shape'"),
     "image_shape 10**6 wide": ({"image_shape": [1, 8, 10**6]}, "field 'image_shape'"),
@@ -239,7 +243,7 @@ def test_a_family_value_error_is_a_genaug_error(monkeypatch):
 
 BAD_FOR_CLI = {
     "NaN weight": lambda t, m: _nan_weight(t),
-    "NaN calibration": lambda t, m: m["calibration"]["bits_per_dim"].__setitem__(0, float("nan")),
+    "NaN calibration": lambda t, m: m["calibration"]["scores"]["bits_per_dim"].__setitem__(0, float("nan")),
     "image_shape a string": lambda t, m: _set(m, "image_shape", "8x8"),
     "num_classes 10**12": lambda t, m: _set(m, "num_classes", 10**12),
     "latent_dim 10**12": lambda t, m: _set(m, "init_args", {**m["init_args"], "latent_dim": 10**12}),

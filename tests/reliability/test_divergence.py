@@ -7,6 +7,7 @@ from torch import nn
 from genaug.cli.app import main
 from genaug.errors import GenaugError
 from genaug.models import GenerativeModel, load_model
+from genaug.models.base import Losses
 from genaug.models.vae import VAE
 from genaug.train import DIVERGENCE_LR_FACTOR, TrainConfig, train
 
@@ -40,13 +41,13 @@ class Flaky(GenerativeModel):
         self.faults, self.val_faults = dict(faults or {}), set(val_faults)
         self.steps = self.val_calls = 0
 
-    def training_losses(self, x, y=None):
+    def training_losses(self, x, y=None, *, step=0):
         per_image = ((self.w - 1.0) ** 2).expand(x.shape[0])
         if not self.training:
             self.val_calls += 1
             if self.val_calls in self.val_faults:
                 per_image = per_image * float("nan")
-            return {"loss": per_image.mean(), "per_image": per_image}
+            return Losses(per_image.mean(), per_image)
         self.steps += 1
         fault = self.faults.get(self.steps)
         if fault == "loss":
@@ -57,7 +58,7 @@ class Flaky(GenerativeModel):
             per_image = per_image + torch.sqrt(self.w - self.w.detach())  # value 0, gradient inf
         elif fault == "buffer":
             self.running.fill_(float("nan"))
-        return {"loss": per_image.mean(), "per_image": per_image}
+        return Losses(per_image.mean(), per_image)
 
 
 def reference_weight(lr, good_steps, lowered_steps):
@@ -120,11 +121,11 @@ def test_a_huge_learning_rate_recovers_or_stops_cleanly_never_nan():
 class FlakyVAE(VAE):
     """A real VAE (random reparameterisation noise and all) whose 5th training loss is NaN."""
 
-    def training_losses(self, x, y=None):
-        losses = super().training_losses(x, y)
+    def training_losses(self, x, y=None, *, step=0):
+        losses = super().training_losses(x, y, step=step)
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == 5:
-            losses["loss"] = losses["loss"] * float("nan")
+            losses.loss = losses.loss * float("nan")
         return losses
 
 
