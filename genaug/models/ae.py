@@ -40,7 +40,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genaug.errors import GenaugError
-from genaug.models.base import GenerativeModel, Losses, Stage
+from genaug.models.base import GenerativeModel, Losses, Stage, check_int_options
 from genaug.models.distributions import from_unit_range, to_unit_range
 
 # Downsample by 2 while the feature map is larger than this (8 -> 4, 28 -> 7, 32 -> 4, 64 -> 4).
@@ -85,13 +85,7 @@ class AEConfig:
     mixture_components: int = 10  # Gaussians in the feature mixture that `sample` draws from
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value, top = getattr(self, f.name), OPTION_LIMITS[f.name]
-            # numbers.Integral admits numpy integers; bool is an Integral too, but no width.
-            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= top):
-                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-                raise GenaugError(f"AE option {f.name} must be an integer in 1..{top}, got {shown}")
-            setattr(self, f.name, int(value))
+        check_int_options(self, OPTION_LIMITS, "AE")
 
 
 class Autoencoder(GenerativeModel):

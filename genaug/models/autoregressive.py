@@ -24,29 +24,17 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from genaug.errors import GenaugError
-from genaug.models.base import GenerativeModel, Losses
+from genaug.models.base import GenerativeModel, Losses, check_int_options
 from genaug.models.distributions import to_unit_range
 
 PIXEL_VALUES = 256
-
-
-def check_int_options(config, limits: dict[str, int], family: str) -> None:
-    """Check that every field of the dataclass `config` is an integer in 1..limits[name],
-    as one GenaugError naming the option; never coerced (a float, bool or string fails)."""
-    for f in fields(config):
-        value, top = getattr(config, f.name), limits[f.name]
-        # numbers.Integral admits numpy integers; bool is an Integral too, but no width.
-        if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= top):
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            raise GenaugError(f"{family} option {f.name} must be an integer in 1..{top}, got {shown}")
-        setattr(config, f.name, int(value))
 
 
 def categorical_nll(logits: Tensor, x: Tensor) -> Tensor:

@@ -24,7 +24,9 @@ and the overridden methods; the contract test checks the two agree.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -270,6 +272,19 @@ class GenerativeModel(nn.Module):
         if n and (y.min() < 0 or y.max() >= self.num_classes):
             raise GenaugError(f"labels must be in 0..{self.num_classes - 1}, got {int(y.min())}..{int(y.max())}")
         return y
+
+
+def check_int_options(config, limits: dict[str, int], family: str) -> None:
+    """Check that every field of the dataclass `config` is an integer in 1..limits[name],
+    as one GenaugError naming the option; never coerced (a float, bool or string fails).
+    Families call it from their config's `__post_init__`."""
+    for f in dataclasses.fields(config):
+        value, top = getattr(config, f.name), limits[f.name]
+        # numbers.Integral admits numpy integers; bool is an Integral too, but no width.
+        if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= top):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise GenaugError(f"{family} option {f.name} must be an integer in 1..{top}, got {shown}")
+        setattr(config, f.name, int(value))
 
 
 def _overrides(cls: type, method: str) -> bool:

@@ -24,15 +24,14 @@ clamps them into 0..255, and the 0 and 255 bins take the tails.
 from __future__ import annotations
 
 import math
-import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genaug.errors import GenaugError
-from genaug.models.base import GenerativeModel, Losses
+from genaug.models.base import GenerativeModel, Losses, check_int_options
 from genaug.models.distributions import (
     discretized_logistic_log_prob,
     from_unit_range,
@@ -66,13 +65,7 @@ class VAEConfig:
     hidden: int = 512  # width of the fully connected layers between the conv stacks and z
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value, top = getattr(self, f.name), OPTION_LIMITS[f.name]
-            # numbers.Integral admits numpy integers; bool is an Integral too, but no width.
-            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= top):
-                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-                raise GenaugError(f"VAE option {f.name} must be an integer in 1..{top}, got {shown}")
-            setattr(self, f.name, int(value))
+        check_int_options(self, OPTION_LIMITS, "VAE")
 
 
 class VAE(GenerativeModel):
