@@ -263,3 +263,38 @@ def test_self_audit_finds_foreign_images_in_digits_with_every_new_family(name, d
     data, foreign = with_foreign_images(digits, 0.03, seed=0)
     result = detect_outliers(data, family=name, train_config=TrainConfig(epochs=SELF_AUDIT_EPOCHS[name], progress=False))
     assert roc_auc_score(foreign, result.score) >= 0.95
+
+
+class Pulled(GenerativeModel):
+    """One weight pulled from 0 towards 1."""
+
+    name = "pulled"
+
+    def __init__(self, image_shape=SHAPE, num_classes=0):
+        super().__init__(image_shape, num_classes)
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def training_losses(self, x, y=None, *, step=0):
+        per_image = ((self.w - 1) ** 2).expand(x.shape[0])
+        return Losses(per_image.mean(), per_image)
+
+    def default_training(self):
+        return {"lr": 0.05}
+
+
+def test_an_ema_of_the_weights_is_what_training_keeps_when_asked():
+    def final(ema_decay):
+        model = Pulled()
+        config = TrainConfig(epochs=3, batch_size=4, val_fraction=0, ema_decay=ema_decay, progress=False)
+        train(model, batch(n=40), config=config)
+        return model.w.item()
+
+    plain, averaged = final(None), final(0.9)
+    # The EMA lags the weight it averages on the way from 0 to 1: closer to 0, yet moved.
+    assert 0 < averaged < plain - 0.05
+
+
+def test_family_training_defaults_apply_unless_the_user_sets_them():
+    assert TrainConfig().resolved(Pulled()).lr == 0.05
+    assert TrainConfig(lr=0.2).resolved(Pulled()).lr == 0.2
+    assert TrainConfig().resolved(tiny("vae")).lr == 3e-3 and TrainConfig().resolved(tiny("vae")).batch_size == 128
