@@ -142,8 +142,9 @@ def detect_outliers(
 
     if model is not None:
         record = CalibrationRecord.of(model)
-        options = scoring_options(cls, iwae_k, record.nll_options if iwae_k is None else None)
-        if "nll" in cls.capabilities() and options != scoring_options(cls, None, record.nll_options):
+        # --iwae-k may restate the calibrated options, never change them: the p-values compare like with like.
+        options = scoring_options(cls, iwae_k, record.nll_options)
+        if options != scoring_options(cls, None, record.nll_options):
             raise GenaugError(f"the model was calibrated with {record.nll_options}; score with the same options")
         labels = data.label_tensor() if model.num_classes > 0 else None
         raw = score_images(model, data.images, labels, nll_options=options, batch_size=batch_size, console=console)

@@ -36,10 +36,7 @@ def scoring_options(family: type[GenerativeModel], iwae_k: int | None = None, nl
         if "iwae_k" not in family.nll_options:
             raise GenaugError(f"--iwae-k applies to families with importance-sampled bounds; '{family.name}' has none")
         options["iwae_k"] = iwae_k
-    unknown = set(options) - set(family.nll_options)
-    if unknown:
-        raise GenaugError(f"model family '{family.name}' takes no scoring option {', '.join(sorted(unknown))}")
-    return {**family.nll_options, **options}
+    return family.check_nll_options(options)
 
 
 def new_model(
@@ -71,8 +68,6 @@ def train_on(
     sample_weights=None,
 ) -> GenerativeModel:
     """Train `model` on all of `data` with the one training loop."""
-    if model.num_classes > 0 and data.labels is None:
-        raise GenaugError(f"model '{model.name}' is class-conditional; the data needs labels")
     labels = data.label_tensor() if model.num_classes > 0 else None
     train(model, data.images, labels, config, sample_weights=sample_weights, console=console)
     model.metadata["class_names"] = data.class_names

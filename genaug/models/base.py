@@ -209,13 +209,14 @@ class GenerativeModel(nn.Module):
             raise NotImplementedError(f"{type(self).__name__} declares raw scores but does not compute them")
         return {}
 
-    def check_nll_options(self, options: dict) -> dict:
-        """`options` with the declared defaults filled in; one line for an unknown or bad option."""
-        unknown = set(options) - set(self.nll_options)
+    @classmethod
+    def check_nll_options(cls, options: dict) -> dict:
+        """`options` with the declared defaults filled in; one line for an unknown option."""
+        unknown = set(options) - set(cls.nll_options)
         if unknown:
-            known = ", ".join(self.nll_options) or "none"
-            raise GenaugError(f"model family '{self.name}' takes no scoring option {', '.join(sorted(unknown))} (it takes: {known})")
-        return {**self.nll_options, **options}
+            known = ", ".join(cls.nll_options) or "none"
+            raise GenaugError(f"model family '{cls.name}' takes no scoring option {', '.join(sorted(unknown))} (it takes: {known})")
+        return {**cls.nll_options, **options}
 
     # -- representation and sampling ----------------------------------------------------
     def features(self, x: Tensor) -> Tensor:
