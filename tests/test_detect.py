@@ -117,3 +117,11 @@ def test_bad_settings_are_clear_errors(reference_model, digits):
     uncalibrated.metadata.pop("calibration")
     with pytest.raises(GenaugError, match="calibration"):
         genaug.detect_outliers(data, model=uncalibrated)
+
+
+def test_scoring_options_must_be_those_the_model_was_calibrated_with(reference_model, digits):
+    small = digits.subset(np.arange(20))
+    calibrated = reference_model.metadata["calibration"]["nll_options"]["iwae_k"]
+    genaug.detect_outliers(small, model=reference_model, iwae_k=calibrated)  # restating them is fine
+    with pytest.raises(GenaugError, match="calibrated with"):
+        genaug.detect_outliers(small, model=reference_model, iwae_k=calibrated + 3)
