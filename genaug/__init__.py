@@ -31,6 +31,8 @@ _EXPORTS = {
     "DetectionResult": "genaug.detect",
     "detect_outliers": "genaug.detect",
     "GenaugError": "genaug.errors",
+    "Evaluation": "genaug.evaluate",
+    "evaluate": "genaug.evaluate",
     "fit": "genaug.fit",
     "load_model": "genaug.models.store",
     "save_model": "genaug.models.store",
@@ -46,7 +48,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 class _Package(types.ModuleType):
     """The package module: job functions keep their names when their modules are imported.
 
-    NOTE: `genaug.fit` is both a function and a module. Importing a
+    NOTE: `genaug.fit` (like `genaug.evaluate`) is both a function and a module. Importing a
     submodule sets it as an attribute of the package, which would replace
     the function; here the function wins (import the module with
     `importlib.import_module("genaug.fit")`).

@@ -8,8 +8,9 @@ Two modes:
 * **self-audit** — no clean reference: the data itself may hold the
   outliers. Images are split into K folds and each fold is scored by a model
   trained on the others (cross-fitting), so no image is scored by a model
-  that memorised it. p-values come from a robust normal fit to the bulk of
-  the out-of-fold scores (median/MAD), flagged by BH at `fdr`; or, when
+  that memorised it. p-values come from the out-of-fold scores themselves,
+  with a generalised Pareto tail fitted below their top 5%
+  (`tail_p_values`), flagged by BH at `fdr`; or, when
   `contamination` is given, the top `contamination` share is flagged. The
   fold models train with a trimmed likelihood (`SELF_AUDIT_TRIM`) so the
   outliers in their training folds are not learned as normal.
@@ -40,7 +41,7 @@ from genaug.scoring.calibration import (
     check_fraction,
     conformal_p_values,
     rank_descending,
-    robust_p_values,
+    tail_p_values,
     top_fraction,
 )
 from genaug.scoring.record import CalibrationRecord
@@ -158,7 +159,7 @@ def detect_outliers(
             train_config=train_config, batch_size=batch_size, console=console,
         )
         s = score_values(raw, kind)
-        p = robust_p_values(s)
+        p = tail_p_values(s)
         trim = train_config.trim_fraction if train_config and train_config.trim_fraction is not None else SELF_AUDIT_TRIM
         settings.update(mode="self-audit", model=family, folds=folds, trim_fraction=trim)
     settings["nll_options"] = options

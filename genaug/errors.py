@@ -15,3 +15,20 @@ def first_line(e: BaseException) -> str:
     """The first non-empty line of an exception's message (its type name if it has none):
     what a one-line error quotes of a library's multi-line message."""
     return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """`text` fit for a one-line message: control characters escaped, long text cut.
+
+    Paths, ids and column names come from the dataset: a newline in one
+    would split the error line, a megabyte-long one would flood the screen.
+    """
+    text = str(text)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def shown_names(names: list[str], limit: int = 50) -> str:
+    """The first `limit` of `names` (columns, say) as one comma-separated line, each cut to 40 characters."""
+    return ", ".join(shown(n, 40) for n in names[:limit])

@@ -10,7 +10,7 @@ from genaug.scoring.calibration import (
     benjamini_hochberg,
     conformal_p_values,
     rank_descending,
-    robust_p_values,
+    tail_p_values,
     top_fraction,
 )
 
@@ -66,12 +66,57 @@ def test_bh_finds_strong_outliers_and_matches_step_up_rule():
     assert benjamini_hochberg(p, 0.05).tolist() == [True, True] + [False] * 8
 
 
-def test_robust_p_values_are_not_masked_by_outliers():
+def _shifted(rng, draw, n=2000, share=0.02):
+    """Scores from `draw` with `share` of them moved 3-6 IQRs beyond the 99.9th percentile."""
+    s = draw(rng, n)
+    k = int(share * n)
+    q, iqr = np.quantile(s, 0.999), np.subtract(*np.quantile(s, [0.75, 0.25]))
+    s[:k] = q + iqr * rng.uniform(3, 6, k)
+    return s, k
+
+
+# Skewed, long-tailed scores like real out-of-fold complexity scores (skewness 1-2, excess kurtosis up to 6).
+SKEWED = {"gamma(2)": lambda r, n: r.gamma(2.0, 1.0, n), "lognormal(0.5)": lambda r, n: r.lognormal(0.0, 0.5, n)}
+
+
+@pytest.mark.parametrize("name", SKEWED)
+def test_self_audit_null_holds_the_fdr_on_skewed_scores(name):
+    """BH over `tail_p_values` keeps the realised FDR within 2 x fdr (averaged over seeds) on
+    skewed scores with 2% shifted points, and finds most of them; the median/MAD normal
+    fit it replaces had a realised FDR of 0.61 (gamma) and 0.66 (lognormal) here."""
+    fdrs, recalls = [], []
+    for seed in range(10):
+        scores, k = _shifted(np.random.default_rng(seed), SKEWED[name])
+        flags = benjamini_hochberg(tail_p_values(scores), 0.05)
+        fdrs.append(flags[k:].sum() / max(flags.sum(), 1))
+        recalls.append(flags[:k].mean())
+    assert np.mean(fdrs) <= 0.10
+    assert np.mean(recalls) >= 0.7  # measured 0.85: BH finds all of them or, in a few seeds, none
+
+
+@pytest.mark.parametrize("name", SKEWED)
+def test_self_audit_null_flags_almost_nothing_on_clean_scores(name):
+    for seed in range(10):
+        scores = SKEWED[name](np.random.default_rng(100 + seed), 2000)
+        assert benjamini_hochberg(tail_p_values(scores), 0.05).mean() <= 0.005
+
+
+def test_tail_p_values_are_not_masked_by_outliers():
     rng = np.random.default_rng(3)
     scores = np.concatenate([rng.normal(size=970), np.full(30, 50.0)])
-    p = robust_p_values(scores)
+    p = tail_p_values(scores)
     assert p[970:].max() < 1e-6
     assert np.median(p[:970]) == pytest.approx(0.5, abs=0.08)
+
+
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=300))
+@settings(max_examples=60, deadline=None)
+def test_tail_p_values_are_probabilities_decreasing_in_the_score(values):
+    s = np.array(values)
+    p = tail_p_values(s)
+    assert np.all((p >= 0) & (p <= 1))
+    order = np.argsort(s, kind="stable")
+    assert np.all(np.diff(p[order]) <= 1e-12)  # a higher score never gets a higher p-value
 
 
 def test_top_fraction_flags_exactly_the_highest_share():

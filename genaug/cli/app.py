@@ -326,6 +326,9 @@ def detect_outliers(
     folds: Annotated[int, typer.Option(help="Cross-fitting folds in self-audit mode.")] = 2,
     iwae_k: IwaeK = None,
     top: Annotated[int, typer.Option(help="Rows of the top-outlier table to print.")] = 10,
+    report: Annotated[
+        Optional[Path], typer.Option(help="Also write an HTML report (top outliers, edge cases, histogram) here.")
+    ] = None,
     epochs: Epochs = None,
     time_limit: TimeLimit = None,
     batch_size: BatchSize = None,
@@ -349,6 +352,8 @@ def detect_outliers(
     from genaug.train import resolve_device
 
     _check_output(output, ("DATA", data), ("--model-path", model_path))
+    if report is not None:
+        _check_output(report, ("DATA", data), ("--model-path", model_path), ("-o", output))
     images = _load(data, image_size, mode, image_column, label_column, id_column, allow_outside_root, max_pixels)
     model = load_model(model_path, device=resolve_device(device)) if model_path is not None else None
     result = run_detection(
@@ -366,7 +371,12 @@ def detect_outliers(
     )
     if model_path is not None:
         result.settings["model_path"] = str(model_path)
-    result.write(output, command=_command_line())
+    table = result.write(output, command=_command_line())
+    if report is not None:
+        from genaug.report import write_report
+
+        settings = {"version": __version__, "job": "detect-outliers", "command": _command_line(), **result.settings}
+        write_report(table, report, settings=settings, class_names=result.data.class_names, title=f"genaug report: {output.name}")
     for warning in result.warnings:
         err.print(Text.assemble(("warning:", "yellow"), " ", inert(warning)))
     _print_top(result, top)
@@ -692,3 +702,7 @@ def augment(
         f"{', originals kept' if keep_originals else ''}) -> {output}",
         highlight=False,
     )
+
+
+# Commands kept in their own modules register themselves on `app` when imported.
+from genaug.cli import evaluate_cmd, report_cmd  # noqa: E402,F401

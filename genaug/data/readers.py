@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from genaug.data.imageset import ImageSet
-from genaug.errors import GenaugError, first_line
+from genaug.errors import GenaugError, first_line, shown, shown_names
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 PARQUET_EXTENSIONS = frozenset({".parquet", ".pq"})
@@ -233,15 +233,15 @@ def _read_named(written: str, root: str, where: str, allow_outside: bool) -> byt
             return _read_regular(real, follow=False)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
         if allow_outside:
-            raise GenaugError(f"cannot read image file {_shown(written)} ({where}): {_reason(e)}") from None
+            raise GenaugError(f"cannot read image file {shown(written)} ({where}): {_reason(e)}") from None
     raise _refused(written, where, root)
 
 
 def _refused(written: str, where: str, root: str) -> GenaugError:
     """The one refusal for a path out of the root or not readable: it must not depend on which."""
     return GenaugError(
-        f"image path outside the dataset root or not readable: {_shown(written)} ({where}); "
-        f"pass --allow-outside-root to read files outside {_shown(root)}"
+        f"image path outside the dataset root or not readable: {shown(written)} ({where}); "
+        f"pass --allow-outside-root to read files outside {shown(root)}"
     )
 
 
@@ -264,7 +264,7 @@ def _read_folder(root: Path, allow_outside: bool, cap: int) -> _Read:
             stray = next(r for r, top in zip(rel, in_root) if top)
             raise GenaugError(
                 f"{root} mixes images in class sub-folders with images at its top level "
-                f"(e.g. {_shown(stray.as_posix())}); put every image in a class folder, or none"
+                f"(e.g. {shown(stray.as_posix())}); put every image in a class folder, or none"
             )
         names = sorted({_utf8(r.parts[0]) for r in rel})
         _check_class_count(len(names), f"{root} has {len(names):,} class folders")
@@ -325,7 +325,7 @@ def _image_files(root: Path, allow_outside: bool = False) -> list[tuple[Path, bo
                 if os.path.isdir(target):
                     if _inside(real_folder, target):
                         raise GenaugError(
-                            f"link loop: {_shown((rel / entry.name).as_posix())} in {root} leads back to a folder "
+                            f"link loop: {shown((rel / entry.name).as_posix())} in {root} leads back to a folder "
                             "that holds it; remove the link"
                         )
                     if not inside:
@@ -364,20 +364,18 @@ def _read_parquet(path: Path, image_column, label_column, id_column, allow_outsi
 
     def pick(given: str | None, guess: str | None, what: str) -> str | None:
         if given is not None and given not in columns:
-            shown = ", ".join(_shown(c, 40) for c in columns[:50])
-            raise GenaugError(f"{what} column '{given}' not found in {path}; columns: {shown}")
+            raise GenaugError(f"{what} column '{given}' not found in {path}; columns: {shown_names(columns)}")
         return given if given is not None else guess
 
     image_name = pick(image_column, _guess_image_column(schema), "image")
     if image_name is None:
-        shown = ", ".join(_shown(c, 40) for c in columns[:50])
-        raise GenaugError(f"no image column found in {path}; columns: {shown} (pass --image-column)")
+        raise GenaugError(f"no image column found in {path}; columns: {shown_names(columns)} (pass --image-column)")
     label_name = pick(label_column, next((c for c in LABEL_COLUMN_NAMES if c in columns), None), "label")
     id_name = pick(id_column, "id" if "id" in columns else None, "id")
     wanted = list(dict.fromkeys(c for c in (image_name, label_name, id_name) if c is not None))
     twice = next((c for c in wanted if columns.count(c) > 1), None)
     if twice is not None:
-        raise GenaugError(f"column '{_shown(twice)}' appears more than once in {path}")
+        raise GenaugError(f"column '{shown(twice)}' appears more than once in {path}")
     try:
         table = pq.read_table(path, columns=wanted)
         cells = table.column(image_name).to_pylist()
@@ -476,7 +474,7 @@ def _labels(values: list, path: Path, column: str) -> tuple[np.ndarray, list[str
     kind = "bool" if isinstance(bad, (bool, np.bool_)) else type(bad).__name__
     fix = "cast it to int" if number else "convert it to int or string"
     raise GenaugError(
-        f"{where} holds {kind} labels (e.g. {_shown(repr(bad), 40)}); labels must be integer class indices "
+        f"{where} holds {kind} labels (e.g. {shown(repr(bad), 40)}); labels must be integer class indices "
         f"0..{MAX_CLASSES - 1} or class-name strings: {fix}"
     )
 
@@ -525,7 +523,7 @@ def _read_npz(path: Path, cap: int) -> _Read:
         with zipfile.ZipFile(path) as zf:
             members = {(n[:-4] if n.endswith(".npy") else n): zf.getinfo(n) for n in zf.namelist()}
             if "x" not in members:
-                found = ", ".join(_shown(m, 40) for m in list(members)[:20]) or "nothing"
+                found = ", ".join(shown(m, 40) for m in list(members)[:20]) or "nothing"
                 raise GenaugError(f"{path} has no 'x' array; found: {found}")
             archive_bytes = os.path.getsize(path)
             x_shape, x_dtype = _npy_header(zf, members["x"], path, "x", archive_bytes)
@@ -670,7 +668,7 @@ def _decode_many(loaders: Sequence[Callable[[], bytes]], names: Sequence[str], c
     the decoders' many short GIL releases make two threads slower than one.
     The first image decides.
     """
-    names = [_shown(n, 4096) for n in names]  # escaped, not cut: they are file paths
+    names = [shown(n, 4096) for n in names]  # escaped, not cut: they are file paths
 
     def one(i: int) -> torch.Tensor:
         try:
@@ -814,8 +812,8 @@ def _stack(tensors: list[torch.Tensor], ids: Sequence[str], size, mode, source: 
     if odd is not None:
         other = tuple(out[odd].shape[1:])
         raise GenaugError(
-            f"images in {source} have different sizes ({first[0]}x{first[1]} in {_shown(ids[0])} and "
-            f"{other[0]}x{other[1]} in {_shown(ids[odd])}); pass --image-size to resize them to one size"
+            f"images in {source} have different sizes ({first[0]}x{first[1]} in {shown(ids[0])} and "
+            f"{other[0]}x{other[1]} in {shown(ids[odd])}); pass --image-size to resize them to one size"
         )
     return torch.stack(out).contiguous()
 
@@ -866,18 +864,6 @@ def _parse_size(size) -> tuple[int, int] | None:
 
 def _reason(e: OSError | ValueError) -> str:
     return getattr(e, "strerror", None) or first_line(e)
-
-
-def _shown(text: str, limit: int = 200) -> str:
-    """`text` fit for a one-line message: control characters escaped, long text cut.
-
-    Paths, ids and column names come from the dataset: a newline in one
-    would split the error line, a megabyte-long one would flood the screen.
-    """
-    text = str(text)
-    if not text.isprintable():
-        text = text.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _utf8(name: str) -> str:

@@ -3,8 +3,9 @@
 With a clean reference, split-conformal p-values are valid whatever the
 score's distribution (Bates et al. 2023, "Testing for outliers with conformal
 p-values"), and BH over them controls the false discovery rate. Without one
-(self-audit), there is no clean calibration set, so the p-values come from a
-robust normal fit to the bulk of the scores; see `robust_p_values`.
+(self-audit), there is no clean calibration set: the null distribution is
+estimated from the scores themselves, with a generalised Pareto tail fitted
+below the region where outliers sit; see `tail_p_values`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from genaug.errors import GenaugError
-
-# MAD of a standard normal is 1/1.4826; scaling by it makes MAD estimate sigma.
-_MAD_TO_SIGMA = 1.4826
-
 
 def conformal_p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Split-conformal p-values `(1 + #{cal >= s}) / (n_cal + 1)`; higher score = more anomalous."""
@@ -38,21 +35,84 @@ def benjamini_hochberg(p_values: np.ndarray, fdr: float) -> np.ndarray:
     return stats.false_discovery_control(p, method="bh") <= fdr
 
 
-def robust_p_values(scores: np.ndarray) -> np.ndarray:
-    """One-sided p-values of robust z-scores `(s - median) / (1.4826 * MAD)`.
+# Self-audit null (`tail_p_values`): the tail model is fitted to the scores
+# between these upper quantiles, so up to TAIL_TRIM of the data can be
+# outliers without touching the fit. Chosen by measurement (skewed and
+# heavy-tailed synthetic scores with 2% shifted points; out-of-fold VAE
+# scores of emoji): see benchmarks/README.md.
+TAIL_FRACTION = 0.2
+TAIL_TRIM = 0.05
+# A normal prior (sd) on the Pareto shape: the shape is poorly identified
+# from a truncated window, and an unregularised fit swings from "no tail" to
+# "infinite variance" between samples of the same data.
+_SHAPE_PRIOR_SD = 0.3
+# Fewest scores the tail window must hold; smaller data widens the window.
+_MIN_TAIL_POINTS = 20
 
-    Used when there is no clean reference: the median and MAD describe the
-    bulk of the data and barely move when a few percent are outliers, so the
-    outliers stand out instead of inflating the scale (as a mean/std fit would).
+
+def tail_p_values(scores: np.ndarray, *, tail: float = TAIL_FRACTION, trim: float = TAIL_TRIM) -> np.ndarray:
+    """One-sided p-values against a null estimated from the (contaminated) scores themselves.
+
+    The bulk gets empirical tail fractions `#{s_j >= s_i} / n`. Above the
+    `1 - tail` quantile `u`, the null tail is a generalised Pareto
+    distribution (peaks over threshold) fitted by maximum likelihood to the
+    exceedances below the `1 - trim` quantile only, as a truncated sample, so
+    the highest `trim` share (where outliers sit) has no say in the fit;
+    `p(s) = P(S > u) * GPD.sf(s - u)` there, extrapolating the natural tail.
+    The shape is kept >= 0 (an exponential or heavier tail): for light-tailed
+    scores that overstates the tail, so it errs towards fewer flags.
+
+    What holds: if the inliers' upper tail is (close to) generalised Pareto
+    above `u` and at most `trim` of the images are outliers, the p-values of
+    inliers are close to uniform in the tail, and BH over them holds the FDR
+    approximately. Nothing is exact: the tail beyond the fitted window is an
+    extrapolation. Measured realised FDR at fdr 0.05 (2% outliers): <= 0.02
+    for normal, gamma and skew-normal scores, 0.09-0.17 for lognormal,
+    Student-t(3) and Pareto(3) tails; with no outliers at most 0.3% flagged.
+    More outliers than `trim` leak into the fit and make it conservative.
     """
-    s = np.asarray(scores, dtype=np.float64)
-    median = np.median(s)
-    scale = _MAD_TO_SIGMA * np.median(np.abs(s - median))
-    if not np.isfinite(scale) or scale <= 0:
-        scale = np.std(s) or 1.0
-    from scipy import stats
+    from scipy import optimize, stats
 
-    return stats.norm.sf((s - median) / scale)
+    s = np.asarray(scores, dtype=np.float64)
+    n = s.size
+    sorted_s = np.sort(s)
+    p = (n - np.searchsorted(sorted_s, s, side="left")) / max(n, 1)
+    if n == 0:
+        return p
+    tail = min(0.5, max(tail, trim + _MIN_TAIL_POINTS / n))
+    u, cut = np.quantile(s, 1.0 - tail), np.quantile(s, 1.0 - trim)
+    exceed = s[s > u] - u
+    window = exceed[exceed <= cut - u]
+    if window.size < 3 or not np.ptp(window) > 0:
+        return p  # too few distinct tail scores to fit a tail: ranks only (flags nothing extreme)
+    width = cut - u
+
+    def neg_log_posterior(shape: float, log_scale: float) -> float:
+        # The GPD log density and log cdf in closed form: scipy.stats' per-call
+        # overhead would make the hundreds of optimiser steps take seconds.
+        z = shape * window / np.exp(log_scale)
+        zw = shape * width / np.exp(log_scale)
+        if z.min() <= -1 or zw <= -1:
+            return np.inf
+        if abs(shape) < 1e-9:
+            log_pdf = -log_scale - window / np.exp(log_scale)
+            log_cdf = np.log(-np.expm1(-width / np.exp(log_scale)))
+        else:
+            log_pdf = -log_scale - (1.0 / shape + 1.0) * np.log1p(z)
+            log_cdf = np.log(-np.expm1(-np.log1p(zw) / shape))
+        # Truncated at `cut`: each window point's density is divided by P(exceedance <= width).
+        ll = log_pdf.sum() - window.size * log_cdf - 0.5 * (shape / _SHAPE_PRIOR_SD) ** 2
+        return -ll if np.isfinite(ll) else np.inf
+
+    start = np.log(window.mean())
+    fits = [optimize.minimize(lambda t: neg_log_posterior(*t), [x0, start], method="Nelder-Mead") for x0 in (0.0, 0.3)]
+    shape, log_scale = min(fits, key=lambda r: r.fun).x
+    if shape < 0:
+        shape = 0.0
+        log_scale = optimize.minimize_scalar(lambda t: neg_log_posterior(0.0, t), bracket=(start - 1, start + 1)).x
+    high = s > u
+    p[high] = (exceed.size / n) * stats.genpareto.sf(s[high] - u, shape, scale=np.exp(log_scale))
+    return p
 
 
 def top_fraction(scores: np.ndarray, contamination: float) -> np.ndarray:

@@ -1,0 +1,74 @@
+"""Edge cases vs outliers: how rare an image is among the inliers, in feature space.
+
+An outlier score asks "does this image belong here at all?"; rarity asks
+"among the images that belong, how unusual is this one?". A dark skin tone
+in a dataset of mostly default-tone emoji is rare but valid: an edge case,
+not an outlier. Rarity is the distance to the `k` nearest inliers in the
+model's feature space (`GenerativeModel.features`; pixels downscaled to 8x8
+for families without one), reported as a percentile among the inliers:
+0 = the most typical inlier, 1 = the rarest. A k-NN distance needs no
+density model and makes no assumption about the shape of the feature cloud.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Inliers whose rarity is in this top share are called edge cases.
+EDGE_SHARE = 0.05
+NEIGHBOURS = 10
+# Features are reduced to at most this many principal components before the
+# k-NN search: distances in hundreds of raw dimensions are dominated by noise.
+MAX_COMPONENTS = 32
+# The category column's values.
+OUTLIER, EDGE_CASE, TYPICAL = "outlier", "edge-case", "typical"
+
+
+def pixel_features(images: torch.Tensor, size: int = 8) -> np.ndarray:
+    """[N, C*size*size] features for families without a feature space: area-downscaled pixels in [0, 1]."""
+    x = images.float().div(255.0)
+    if x.shape[-2] > size or x.shape[-1] > size:
+        x = F.adaptive_avg_pool2d(x, (min(size, x.shape[-2]), min(size, x.shape[-1])))
+    return x.flatten(1).numpy().astype(np.float64)
+
+
+def feature_rarity(features: np.ndarray, inliers: np.ndarray, *, neighbours: int = NEIGHBOURS) -> np.ndarray:
+    """[N] rarity in [0, 1]: the share of inliers that lie closer to their `neighbours`
+    nearest inliers than this image does (each inlier leaves itself out).
+
+    `features` is [N, d]; `inliers` a boolean mask of the images the rarity is
+    measured among (the ones not flagged as outliers). With fewer than two
+    inliers every rarity is 0.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+
+    z = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    inliers = np.asarray(inliers, dtype=bool)
+    ref = np.flatnonzero(inliers)
+    if ref.size < 2:
+        return np.zeros(len(z))
+    sd = z[ref].std(axis=0)
+    z = (z - z[ref].mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    components = min(MAX_COMPONENTS, z.shape[1], ref.size)
+    if components < z.shape[1]:
+        z = PCA(components, random_state=0).fit(z[ref]).transform(z)
+    k = min(neighbours, ref.size - 1)
+    index = NearestNeighbors(n_neighbors=k + 1).fit(z[ref])
+    dist, idx = index.kneighbors(z)
+    # An inlier finds itself at distance 0 first: drop that column; others drop their k+1-th.
+    is_self = ref[idx[:, 0]] == np.arange(len(z))
+    knn = np.where(is_self, dist[:, 1:].mean(axis=1), dist[:, :k].mean(axis=1))
+    reference = np.sort(knn[ref])
+    return np.searchsorted(reference, knn, side="left") / ref.size
+
+
+def categories(is_outlier: np.ndarray, rarity: np.ndarray, *, edge_share: float = EDGE_SHARE) -> np.ndarray:
+    """`outlier` where flagged, else `edge-case` in the rarest `edge_share` of inliers, else `typical`."""
+    is_outlier = np.asarray(is_outlier, dtype=bool)
+    out = np.full(is_outlier.shape, TYPICAL, dtype=object)
+    out[(np.asarray(rarity) >= 1.0 - edge_share) & ~is_outlier] = EDGE_CASE
+    out[is_outlier] = OUTLIER
+    return out
