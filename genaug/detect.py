@@ -13,7 +13,9 @@ Two modes:
   (`tail_p_values`), flagged by BH at `fdr`; or, when
   `contamination` is given, the top `contamination` share is flagged. The
   fold models train with a trimmed likelihood (`SELF_AUDIT_TRIM`) so the
-  outliers in their training folds are not learned as normal.
+  outliers in their training folds are not learned as normal. For the
+  `llr` score each fold also trains a background model on its perturbed
+  training folds; `typicality` measures from the median out-of-fold bits/dim.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from genaug._version import __version__
 from genaug.data.imageset import ImageSet
 from genaug.data.parquet import image_table, write_table
 from genaug.errors import GenaugError
-from genaug.fit import new_model, scoring_options, train_on
+from genaug.fit import check_llr, new_model, scoring_options, train_background, train_on
 from genaug.models.base import GenerativeModel
 from genaug.models.registry import get_family
-from genaug.models.store import load_model, model_hash
-from genaug.scoring import RawScores, resolve_score, score_images, score_values
+from genaug.models.store import background_of, load_model, model_hash
+from genaug.scoring import RawScores, needs_background, resolve_score, score_images, score_values
 from genaug.scoring.calibration import (
     benjamini_hochberg,
     check_fraction,
@@ -45,6 +47,7 @@ from genaug.scoring.calibration import (
     top_fraction,
 )
 from genaug.scoring.record import CalibrationRecord
+from genaug.scoring.typicality import DEFAULT_BOOTSTRAP, batch_test
 from genaug.train import TrainConfig
 
 DEFAULT_FDR = 0.05
@@ -69,11 +72,21 @@ class DetectionResult:
     settings: dict
     png: list[bytes] = field(repr=False, default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Reference mode with a likelihood: the calibration split's bits/dim, for `batch_p_value`.
+    reference_bits_per_dim: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def n_flagged(self) -> int:
         """How many images are flagged."""
         return int(self.is_outlier.sum())
+
+    def batch_p_value(self, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> float:
+        """Typicality test of all these images as one batch (`genaug.scoring.typicality.batch_test`):
+        a small p-value says the set as a whole is shifted from the reference, too likely or too
+        unlikely, even where no single image is flagged. Reference mode, families with a likelihood."""
+        if self.reference_bits_per_dim is None or self.bits_per_dim is None:
+            raise GenaugError("the batch typicality test needs reference mode and a model with a likelihood")
+        return batch_test(self.reference_bits_per_dim, self.bits_per_dim, n_boot=n_boot, seed=seed)
 
     def columns(self) -> dict[str, np.ndarray]:
         """The job's output columns, in schema order."""
@@ -116,6 +129,7 @@ def detect_outliers(
     contamination: float | None = None,
     folds: int = DEFAULT_FOLDS,
     iwae_k: int | None = None,
+    mutation_rate: float | None = None,
     train_config: TrainConfig | None = None,
     batch_size: int = 1024,
     console: Console | None = None,
@@ -124,8 +138,10 @@ def detect_outliers(
 
     With `model` (a fitted model or a checkpoint path) the reference mode
     is used; without it, self-audit by `folds`-fold cross-fitting trains
-    `family` models with `train_config`. Flags by BH at `fdr` unless
-    `contamination` (share of images to flag) is given.
+    `family` models with `train_config` (and, for `score="llr"`, background
+    models on pixels perturbed at `mutation_rate`, default
+    `DEFAULT_MUTATION_RATE`; a fitted model keeps its own). Flags by BH at `fdr`
+    unless `contamination` (share of images to flag) is given.
     """
     check_fraction("fdr", fdr)
     if contamination is not None:
@@ -136,7 +152,8 @@ def detect_outliers(
         model_path = None
     # Everything needed is checked before any training: the score, the options.
     cls = type(model) if model is not None else get_family(family)
-    kind = resolve_score(score, cls)
+    # A fitted model offers `llr` only when it carries a background model; a family whenever it has a likelihood.
+    kind = resolve_score(score, model if model is not None else cls)
     settings: dict = {"score": kind, "fdr": fdr, "contamination": contamination}
     if model_path is not None:
         settings["model_path"] = model_path
@@ -145,20 +162,30 @@ def detect_outliers(
         record = CalibrationRecord.of(model)
         # --iwae-k may restate the calibrated options, never change them: the p-values compare like with like.
         options = scoring_options(cls, iwae_k, record.nll_options)
+        if mutation_rate is not None:
+            raise GenaugError("--mutation-rate applies to self-audit; a fitted model's background model keeps its own")
         if options != scoring_options(cls, None, record.nll_options):
             raise GenaugError(f"the model was calibrated with {record.nll_options}; score with the same options")
         labels = data.label_tensor() if model.num_classes > 0 else None
         raw = score_images(model, data.images, labels, nll_options=options, batch_size=batch_size, console=console)
-        s = score_values(raw, kind)
-        p = conformal_p_values(score_values(record.scores, kind), s)
+        s = score_values(raw, kind, record.scores)
+        p = conformal_p_values(score_values(record.scores, kind, record.scores), s)
         settings.update(mode="reference", model=model.name, model_hash=model_hash(model), n_calibration=record.size)
+        if needs_background(kind):
+            settings["mutation_rate"] = background_of(model).metadata["mutation_rate"]
+        reference_bpd = record.scores.bits_per_dim
     else:
         options = scoring_options(cls, iwae_k)
+        reference_bpd = None
+        background = check_llr(cls, mutation_rate, needed=needs_background(kind))
+        if background is not None:
+            settings["mutation_rate"] = background
         raw = cross_fit_scores(
             data, family=family, model_options=model_options, folds=folds, nll_options=options,
-            train_config=train_config, batch_size=batch_size, console=console,
+            background=background, train_config=train_config, batch_size=batch_size, console=console,
         )
-        s = score_values(raw, kind)
+        # The data may hold the outliers: typicality measures from their median.
+        s = score_values(raw, kind, raw, robust=True)
         p = tail_p_values(s)
         trim = train_config.trim_fraction if train_config and train_config.trim_fraction is not None else SELF_AUDIT_TRIM
         settings.update(mode="self-audit", model=family, folds=folds, trim_fraction=trim)
@@ -181,6 +208,7 @@ def detect_outliers(
         settings=settings,
         png=raw.png,
         warnings=warnings,
+        reference_bits_per_dim=reference_bpd,
     )
 
 
@@ -207,11 +235,15 @@ def cross_fit_scores(
     model_options: dict | None = None,
     folds: int = DEFAULT_FOLDS,
     nll_options: dict | None = None,
+    background: float | None = None,
     train_config: TrainConfig | None = None,
     batch_size: int = 1024,
     console: Console | None = None,
 ) -> RawScores:
-    """Out-of-fold raw scores: each image scored by a model trained on the other folds."""
+    """Out-of-fold raw scores: each image scored by a model trained on the other folds.
+
+    With `background` (a mutation rate), each fold model also gets a background
+    model trained on the same folds with perturbed pixels (for `llr`)."""
     if folds < 2:
         raise GenaugError(f"--folds must be at least 2, got {folds}")
     n = len(data)
@@ -230,6 +262,8 @@ def cross_fit_scores(
             console.print(Text(f"self-audit fold {f + 1}/{folds}: training on {n - held_out.size} images", style="dim"))
         model = new_model(data, family, model_options=model_options, seed=config.seed)
         train_on(model, data.subset(fold_of != f), config, console)
+        if background is not None:
+            train_background(model, data.subset(fold_of != f), config, mutation_rate=background, console=console)
         part = data.subset(held_out)
         raw = score_images(
             model, part.images, nll_options=nll_options, batch_size=batch_size, seed=config.seed, console=console
@@ -254,6 +288,12 @@ def _gather(parts: list[tuple[np.ndarray, RawScores]], n: int) -> RawScores:
         for i, b in zip(idx, raw.png):
             png[i] = b
     extra = {k: column(lambda r, k=k: r.extra[k]) for k in parts[0][1].extra}
-    return RawScores(column(lambda r: r.bits_per_dim), column(lambda r: r.png_bits_per_dim), png, extra)
+    return RawScores(
+        column(lambda r: r.bits_per_dim),
+        column(lambda r: r.png_bits_per_dim),
+        png,
+        extra,
+        column(lambda r: r.background_bits_per_dim),
+    )
 
 

@@ -5,6 +5,13 @@ exchangeable with the scores of new clean images: that is what makes the
 conformal p-values of `detect` valid. The raw calibration material
 (model bits/dim and PNG bits/dim) is stored in the checkpoint so any score
 can be calibrated later without the training data.
+
+With `llr=True` a background model (same family and options) is trained on
+the same training split with its pixels perturbed (`genaug.scoring.llr`),
+attached to the model, stored in its checkpoint, and its bits/dim of the
+calibration split join the record: the `llr` score is then calibrated like
+any other. It doubles the training time, so it is off by default (`auto`
+does not use it).
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from genaug.data.imageset import ImageSet
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel
 from genaug.models.registry import build_model, get_family
+from genaug.models.store import attach_background
 from genaug.scoring import available_scores, score_images
 from genaug.scoring.calibration import check_fraction
+from genaug.scoring.llr import DEFAULT_MUTATION_RATE, PerturbedTraining, check_mutation_rate
 from genaug.scoring.record import CalibrationRecord
 from genaug.train import TrainConfig, train
 
@@ -74,6 +83,42 @@ def train_on(
     return model
 
 
+def check_llr(family: type[GenerativeModel], mutation_rate: float | None, *, needed: bool) -> float | None:
+    """The mutation rate to train a background model with (None: `DEFAULT_MUTATION_RATE`), or None
+    when none is `needed`; one line for a family without a likelihood or a rate given for nothing."""
+    if not needed:
+        if mutation_rate is not None:
+            raise GenaugError(
+                "--mutation-rate applies only where a background model is trained (fit --llr, self-audit --score llr)"
+            )
+        return None
+    if "nll" not in family.capabilities():
+        raise GenaugError(f"the llr score needs a likelihood, which model family '{family.name}' has not")
+    return check_mutation_rate(DEFAULT_MUTATION_RATE if mutation_rate is None else mutation_rate)
+
+
+def train_background(
+    model: GenerativeModel,
+    data: ImageSet,
+    config: TrainConfig | None,
+    *,
+    mutation_rate: float = DEFAULT_MUTATION_RATE,
+    console: Console | None = None,
+) -> GenerativeModel:
+    """Train a background model for `model`'s likelihood ratio on `data` with perturbed pixels
+    (same family, options, seed and training settings) and attach it to `model`; returns it."""
+    config = config or TrainConfig()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        background = build_model(model.name, model.image_shape, model.num_classes, **model.init_args())
+    wrapper = PerturbedTraining(background, mutation_rate)
+    labels = data.label_tensor() if model.num_classes > 0 else None
+    train(wrapper, data.images, labels, config, console=console)
+    info = {"mutation_rate": wrapper.rate, "training": wrapper.metadata["training"]}
+    attach_background(model, background.eval(), info)
+    return background
+
+
 @torch.inference_mode()
 def reconstruct(
     model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int = 1024
@@ -97,19 +142,25 @@ def fit(
     calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
     iwae_k: int | None = None,
     nll_options: dict | None = None,
+    llr: bool = False,
+    mutation_rate: float | None = None,
     train_config: TrainConfig | None = None,
     console: Console | None = None,
 ) -> GenerativeModel:
     """Train a model on `data` minus a held-out calibration split, and store the
     split's scores in `model.metadata["calibration"]`.
 
-    The returned model is ready for `detect_outliers(..., model=model)`,
+    With `llr`, also train a background model on the training split with
+    each pixel replaced by a random colour at `mutation_rate` (None:
+    `DEFAULT_MUTATION_RATE`), for the `llr` score (twice the training
+    time). The returned model is ready for `detect_outliers(..., model=model)`,
     `rebalance`, `synthesize`, or `save_model`.
     """
     check_fraction("calibration-fraction", calibration_fraction)
     # Everything the job will need is checked before any training.
     cls = get_family(family)
     options = scoring_options(cls, iwae_k, nll_options)
+    mutation_rate = check_llr(cls, mutation_rate, needed=llr)
     if not available_scores(cls):
         raise GenaugError(f"model family '{family}' has neither a likelihood nor a raw score to calibrate")
     config = train_config or TrainConfig()
@@ -121,6 +172,8 @@ def fit(
     cal_idx, train_idx = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
     model = new_model(data, family, conditional=conditional, model_options=model_options, seed=config.seed)
     train_on(model, data.subset(train_idx), config, console)
+    if mutation_rate is not None:
+        train_background(model, data.subset(train_idx), config, mutation_rate=mutation_rate, console=console)
     cal = data.subset(cal_idx)
     cal_labels = cal.label_tensor() if model.num_classes > 0 else None
     raw = score_images(model, cal.images, cal_labels, nll_options=options, seed=config.seed)

@@ -146,7 +146,7 @@ def synthesize(
     reference = record.reconstruction or record.scores
     settings["filter_reference"] = "reconstructions" if record.reconstruction is not None else "real images"
     kind = resolve_score(score, model)
-    cal_scores = score_values(reference, kind)
+    cal_scores = score_values(reference, kind, reference)
     kept_x, kept_y, kept_s, kept_p, drawn = [], [], [], [], 0
     with progress_bar(console, "sampling + filtering", n) as advance:
         for _ in range(MAX_FILTER_ROUNDS):
@@ -158,7 +158,7 @@ def synthesize(
             images, labels = draw(model, m, label=label, temperature=temperature, generator=generator)
             drawn += m
             raw = score_images(model, images, labels, nll_options=record.nll_options, seed=seed)
-            s = score_values(raw, kind)
+            s = score_values(raw, kind, reference)
             p = conformal_p_values(cal_scores, s)
             keep = ~benjamini_hochberg(p, filter_fdr)
             idx = np.flatnonzero(keep)[:need]

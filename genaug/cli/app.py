@@ -175,6 +175,13 @@ Trim = Annotated[
     typer.Option(help="Share of each batch's worst-fit images left out of training (default: 0.1 in self-audit, 0 in fit)."),
 ]
 IwaeK = Annotated[Optional[int], typer.Option(help="Importance samples for the likelihood bound (1 = ELBO).", min=1)]
+MutationRate = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Share of pixels replaced by random colours in the llr background model's training images "
+        "(default 0.2; Ren et al. 2019 found 0.1-0.3 best)."
+    ),
+]
 AllowOutsideRoot = Annotated[
     bool,
     typer.Option(
@@ -267,6 +274,14 @@ def fit(
     conditional: Annotated[bool, typer.Option(help="Condition on labels (needed for synthesize --label).")] = False,
     calibration_fraction: Annotated[float, typer.Option(help="Share held out to calibrate p-values.")] = 0.2,
     iwae_k: IwaeK = None,
+    llr: Annotated[
+        bool,
+        typer.Option(
+            help="Also train a background model on pixel-perturbed images, for detect-outliers --score llr "
+            "(families with a likelihood; doubles training time)."
+        ),
+    ] = False,
+    mutation_rate: MutationRate = None,
     epochs: Epochs = None,
     time_limit: TimeLimit = None,
     batch_size: BatchSize = None,
@@ -299,6 +314,8 @@ def fit(
         model_options=_model_options(model_option),
         calibration_fraction=calibration_fraction,
         iwae_k=iwae_k,
+        llr=llr,
+        mutation_rate=mutation_rate,
         train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim, time_limit=time_limit),
         console=None if quiet else err,
     )
@@ -318,13 +335,21 @@ def detect_outliers(
         Optional[Path], typer.Option(help="Fitted checkpoint (reference mode); without it, self-audit.")
     ] = None,
     family: Family = "vae",
-    score: Annotated[str, typer.Option(help="auto (= complexity), nll or complexity.")] = "auto",
+    score: Annotated[
+        str,
+        typer.Option(
+            help="auto (= complexity), nll, complexity, llr (likelihood ratio against a background model: "
+            "a checkpoint fitted with --llr, or trained per fold in self-audit), typicality (distance of the "
+            "bits/dim from the data's typical value, two-sided), or a family's raw score (recon)."
+        ),
+    ] = "auto",
     fdr: Annotated[float, typer.Option(help="False discovery rate for Benjamini-Hochberg flags.")] = 0.05,
     contamination: Annotated[
         Optional[float], typer.Option(help="Flag this share of images instead of using --fdr.")
     ] = None,
     folds: Annotated[int, typer.Option(help="Cross-fitting folds in self-audit mode.")] = 2,
     iwae_k: IwaeK = None,
+    mutation_rate: MutationRate = None,
     top: Annotated[int, typer.Option(help="Rows of the top-outlier table to print.")] = 10,
     report: Annotated[
         Optional[Path], typer.Option(help="Also write an HTML report (top outliers, edge cases, histogram) here.")
@@ -366,6 +391,7 @@ def detect_outliers(
         contamination=contamination,
         folds=folds,
         iwae_k=iwae_k,
+        mutation_rate=mutation_rate,
         train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim, time_limit=time_limit),
         console=None if quiet else err,
     )

@@ -5,6 +5,16 @@ Loading checks before it allocates: the metadata is checked by
 meta device (shapes and dtypes, no memory) and compared with the file's
 tensor header; only a checkpoint that matches, within the size cap, with
 finite weights, is built for real and loaded.
+
+A model may carry a **background model** (the likelihood-ratio score's, see
+`genaug.scoring.llr`): a second model of the same family and constructor
+arguments, stored in the same file with its tensor names prefixed
+`background.` and described by the metadata entry `background` (mutation
+rate, training report). It is checked against the header like the model.
+In memory it is a plain attribute (`attach_background`, `background_of`),
+deliberately not an `nn.Module` child: the training loop, `parameters()`,
+`state_dict()` and `.to()` of the model do not reach it, so training the
+model never trains it and the model's weights stay the model's alone.
 """
 
 from __future__ import annotations
@@ -38,21 +48,60 @@ _HEADER_DTYPES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
-_NOT_MODEL_FIELDS = {"family", "image_shape", "num_classes", "init_args", "format_version"}
+_NOT_MODEL_FIELDS = {"family", "image_shape", "num_classes", "init_args", "format_version", "background"}
+BACKGROUND_PREFIX = "background."
+_BACKGROUND_ATTR = "_genaug_background"
+
+
+def attach_background(model: GenerativeModel, background: GenerativeModel | None, info: dict | None = None) -> None:
+    """Give `model` the background model of its likelihood ratio (None removes it).
+
+    `background` must be of the same family, shape, classes and constructor
+    arguments; `info` (JSON: `mutation_rate` in (0, 1), optionally the
+    background's `training` report) becomes its `metadata` and is stored
+    with it. Set with `object.__setattr__` so that it is not registered as
+    a submodule (see the module docstring).
+    """
+    if background is None:
+        object.__setattr__(model, _BACKGROUND_ATTR, None)
+        return
+    same = (background.name, background.image_shape, background.num_classes, background.init_args())
+    if same != (model.name, model.image_shape, model.num_classes, model.init_args()):
+        raise GenaugError(f"a background model must be built like the model ('{model.name}', same options)")
+    problem = _background_problem(info)
+    if problem is not None:
+        raise GenaugError(f"background model: {problem}")
+    background.metadata = dict(info)
+    object.__setattr__(model, _BACKGROUND_ATTR, background)
+
+
+def background_of(model: GenerativeModel) -> GenerativeModel | None:
+    """The model's background model, on the model's device; None when it has none."""
+    background = model.__dict__.get(_BACKGROUND_ATTR)
+    if background is not None and model.device != background.device:
+        background.to(model.device)
+    return background
 
 
 def save_model(model: GenerativeModel, path: str | Path) -> None:
     """Write weights, constructor arguments and `model.metadata` to one .safetensors file
-    (refused, as one GenaugError line, when a weight is NaN or infinite)."""
+    (refused, as one GenaugError line, when a weight is NaN or infinite), with
+    the background model's weights and description when it has one."""
+    tensors = dict(model.state_dict())
+    meta = {k: v for k, v in model.metadata.items() if k != "background"}
+    background = background_of(model)
+    if background is not None:
+        tensors.update({BACKGROUND_PREFIX + k: v for k, v in background.state_dict().items()})
+        meta["background"] = dict(background.metadata)
     save_checkpoint(
         path,
-        model.state_dict(),
+        tensors,
         {
             "family": model.name,
             "image_shape": list(model.image_shape),
             "num_classes": model.num_classes,
             "init_args": model.init_args(),
-            **model.metadata,
+            **meta,
         },
     )
 
@@ -71,16 +120,55 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Generati
         get_family(family)  # also imports the family's module here, not under the meta device below
     except GenaugError as e:
         raise GenaugError(f"checkpoint {path}: field 'family': {e}") from None
+    info = _background_info(path, meta)
     expected = _expected_tensors(path, family, shape, num_classes, init_args)
+    if info is not None:
+        # The background is built like the model, so its tensors are the model's, prefixed.
+        expected.update({BACKGROUND_PREFIX + k: v for k, v in expected.items()})
     _check_header(path, family, expected, tensor_specs(path))
     tensors = load_tensors(path)
+    background_tensors = {
+        k[len(BACKGROUND_PREFIX) :]: tensors.pop(k) for k in list(tensors) if k.startswith(BACKGROUND_PREFIX)
+    }
+    model = _build_loaded(path, family, shape, num_classes, init_args, tensors)
+    model.metadata = {k: v for k, v in meta.items() if k not in _NOT_MODEL_FIELDS}
+    model.to(device).eval()
+    if info is not None:
+        background = _build_loaded(path, family, shape, num_classes, init_args, background_tensors)
+        attach_background(model, background.to(device).eval(), info)
+    return model
+
+
+def _build_loaded(path, family: str, shape, num_classes: int, init_args: dict, tensors: dict) -> GenerativeModel:
     model = build_model(family, shape, num_classes, **init_args)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:  # the meta build matched, so only a family built differently twice lands here
         raise GenaugError(f"checkpoint {path} does not match model '{family}': {str(e).splitlines()[0]}") from None
-    model.metadata = {k: v for k, v in meta.items() if k not in _NOT_MODEL_FIELDS}
-    return model.to(device).eval()
+    return model
+
+
+def _background_info(path, meta: dict) -> dict | None:
+    """The checked `background` metadata entry, or None when the checkpoint has no background model."""
+    info = meta.get("background")
+    if info is None:
+        return None
+    problem = _background_problem(info)
+    if problem is not None:
+        raise GenaugError(f"checkpoint {path}: {problem}")
+    return info
+
+
+def _background_problem(info) -> str | None:
+    """What is wrong with a background description (one line), or None; checked on save and on load."""
+    if not isinstance(info, dict):
+        return "field 'background' must be a JSON object"
+    rate = info.get("mutation_rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+        return f"field 'background.mutation_rate' must be a number between 0 and 1, got {rate!r:.60}"
+    if info.get("training") is not None and not isinstance(info["training"], dict):
+        return "field 'background.training' must be a JSON object"
+    return None
 
 
 def _expected_tensors(path, family: str, shape, num_classes: int, init_args: dict) -> dict[str, tuple[tuple, str]]:
@@ -130,7 +218,11 @@ def model_hash(model: GenerativeModel) -> str:
     """Short sha256 of the family, constructor arguments and weights: names the model in outputs."""
     h = hashlib.sha256()
     h.update(json.dumps([model.name, list(model.image_shape), model.num_classes, model.init_args()]).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    tensors = dict(model.state_dict())
+    background = background_of(model)
+    if background is not None:  # the llr score depends on it; a model without one hashes as before
+        tensors.update({BACKGROUND_PREFIX + k: v for k, v in background.state_dict().items()})
+    for name, tensor in sorted(tensors.items()):
         h.update(name.encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -1,12 +1,16 @@
 """Score functions: turn a model and images into "higher = more anomalous".
 
 `score_images` computes the raw material once: the model's bits/dim where
-the family has a likelihood, its extra named scores (`raw_scores`, e.g. an
-autoencoder's `recon`), PNG bits/dim, and the PNG bytes, reused for the
-output file. `score_values` turns it into a named score. Which scores a
-family offers follows from its declarations (`available_scores`).
-Calibration lives in `genaug.scoring.calibration`, the stored calibration
-record in `genaug.scoring.record`.
+the family has a likelihood (and its background model's, for the likelihood
+ratio, where the model carries one), its extra named scores (`raw_scores`,
+e.g. an autoencoder's `recon`), PNG bits/dim, and the PNG bytes, reused for
+the output file. `score_values` turns it into a named score; `typicality`
+measures against reference raw scores (the calibration split's, or in
+self-audit the data's own). Which scores a family offers follows from its
+declarations (`available_scores`). Calibration lives in
+`genaug.scoring.calibration`, the stored calibration record in
+`genaug.scoring.record`, the background model in `genaug.scoring.llr`,
+the typical-set tests in `genaug.scoring.typicality`.
 """
 
 from __future__ import annotations
@@ -20,29 +24,48 @@ import torch
 from genaug.data.parquet import encode_png
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel
+from genaug.models.store import background_of
 from genaug.progress import progress_bar
 from genaug.scoring.complexity import png_bits_per_dim
 from genaug.scoring.nll import model_bits_per_dim, model_raw_scores
+from genaug.scoring.typicality import entropy_estimate
 
-LIKELIHOOD_SCORES = ("nll", "complexity")
+# Scores every family with a likelihood offers; `llr` also needs a background model (see available_scores).
+LIKELIHOOD_SCORES = ("nll", "complexity", "llr", "typicality")
 # `auto` for a family with a likelihood: complexity survives the likelihood's preference for simple images.
 DEFAULT_SCORE = "complexity"
 
 
 @dataclass
 class RawScores:
-    """Per-image raw material for every score (`bits_per_dim` is None for families without a likelihood)."""
+    """Per-image raw material for every score (`bits_per_dim` is None for families without a likelihood,
+    `background_bits_per_dim` None for models without a background model)."""
 
     bits_per_dim: np.ndarray | None
     png_bits_per_dim: np.ndarray
     png: list[bytes] = field(default_factory=list, repr=False)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    background_bits_per_dim: np.ndarray | None = None
 
 
 def available_scores(model: GenerativeModel | type[GenerativeModel]) -> list[str]:
-    """The score names a family offers: `nll` and `complexity` with a likelihood, then its raw scores."""
+    """The score names a family offers: with a likelihood `nll`, `complexity`, `llr` and
+    `typicality`, then its raw scores.
+
+    For a fitted model (an instance) `llr` is offered only when it carries a
+    background model (`genaug.fit(..., llr=True)`); for a family (a class,
+    before training, as in self-audit) whenever it has a likelihood.
+    """
     caps = model.capabilities()
-    return [*(LIKELIHOOD_SCORES if "nll" in caps else ()), *model.raw_score_names]
+    likelihood = LIKELIHOOD_SCORES if "nll" in caps else ()
+    if isinstance(model, GenerativeModel) and background_of(model) is None:
+        likelihood = tuple(k for k in likelihood if k != "llr")
+    return [*likelihood, *model.raw_score_names]
+
+
+def needs_background(kind: str) -> bool:
+    """Whether the (resolved) score needs a background model trained beside the model."""
+    return kind == "llr"
 
 
 def resolve_score(kind: str, model: GenerativeModel | type[GenerativeModel]) -> str:
@@ -55,6 +78,10 @@ def resolve_score(kind: str, model: GenerativeModel | type[GenerativeModel]) -> 
             raise GenaugError(f"model family '{model.name}' has neither a likelihood nor a raw score to detect with")
         return DEFAULT_SCORE if DEFAULT_SCORE in offered else offered[0]
     if kind not in offered:
+        if kind == "llr" and "nll" in model.capabilities():
+            raise GenaugError(
+                "score 'llr' needs a background model: fit with `genaug fit --llr` / genaug.fit(..., llr=True)"
+            )
         raise GenaugError(f"unknown score '{kind}' for model family '{model.name}'; choose auto or {', '.join(offered)}")
     return kind
 
@@ -69,35 +96,62 @@ def score_images(
     seed: int = 0,
     console=None,
 ) -> RawScores:
-    """Model bits/dim (where the family has a likelihood), its raw scores, PNG bits/dim and PNG bytes.
+    """Model bits/dim (where the family has a likelihood; the background model's too where the
+    model carries one), its raw scores, PNG bits/dim and PNG bytes.
 
     PNG encoding runs in worker threads while the model scores (zlib and
     torch both release the GIL), so the output images cost no extra pass.
     A progress bar is drawn on `console` when one is given.
     """
     caps = model.capabilities()
+    background = background_of(model) if "nll" in caps else None
     if "nll" in caps:
         nll_options = model.check_nll_options(dict(nll_options or {}))
-    with ThreadPoolExecutor(max_workers=1) as pool, progress_bar(console, "scoring", images.shape[0]) as advance:
+    n = images.shape[0]
+    passes = 2 if background is not None else 1
+    with ThreadPoolExecutor(max_workers=1) as pool, progress_bar(console, "scoring", passes * n) as advance:
         png_future = pool.submit(encode_png, images)
-        bpd = None
+        bpd = background_bpd = None
         if "nll" in caps:
             bpd = model_bits_per_dim(
                 model, images, labels, nll_options=nll_options, batch_size=batch_size, seed=seed, progress=advance
+            )
+        if background is not None:
+            background_bpd = model_bits_per_dim(
+                background, images, labels, nll_options=nll_options, batch_size=batch_size, seed=seed, progress=advance
             )
         extra = model_raw_scores(
             model, images, labels, batch_size=batch_size, seed=seed, progress=None if bpd is not None else advance
         )
         png = png_future.result()
-    return RawScores(bpd, png_bits_per_dim(png, model.num_dims), png, extra)
+    return RawScores(bpd, png_bits_per_dim(png, model.num_dims), png, extra, background_bpd)
 
 
-def score_values(raw: RawScores, kind: str) -> np.ndarray:
-    """The named (already resolved) score from raw material; higher = more anomalous."""
+def score_values(
+    raw: RawScores, kind: str, reference: RawScores | None = None, *, robust: bool = False
+) -> np.ndarray:
+    """The named (already resolved) score from raw material; higher = more anomalous.
+
+    `typicality` is the distance of each image's bits/dim from the entropy
+    estimate of the in-distribution, taken from `reference`: the calibration
+    split's raw scores (its mean bits/dim, Nalisnick et al. 2019b), or in
+    self-audit the out-of-fold scores themselves with `robust=True` (their
+    median: the data may hold the outliers). Other scores ignore `reference`.
+    """
     if kind in LIKELIHOOD_SCORES:
         if raw.bits_per_dim is None:
             raise GenaugError(f"score '{kind}' needs a likelihood, which this model has not")
-        return raw.bits_per_dim.copy() if kind == "nll" else raw.bits_per_dim - raw.png_bits_per_dim
+        if kind == "nll":
+            return raw.bits_per_dim.copy()
+        if kind == "complexity":
+            return raw.bits_per_dim - raw.png_bits_per_dim
+        if kind == "llr":
+            if raw.background_bits_per_dim is None:
+                raise GenaugError("score 'llr' needs background-model scores, which these have not; fit with --llr")
+            return raw.bits_per_dim - raw.background_bits_per_dim
+        if reference is None or reference.bits_per_dim is None:
+            raise GenaugError("score 'typicality' needs the bits/dim of reference (in-distribution) images")
+        return np.abs(raw.bits_per_dim - entropy_estimate(reference.bits_per_dim, robust=robust))
     if kind not in raw.extra:
         raise GenaugError(f"score '{kind}' was not computed for these images")
     return np.asarray(raw.extra[kind], dtype=np.float64).copy()

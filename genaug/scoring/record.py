@@ -3,10 +3,12 @@
 `genaug.fit` writes it (`CalibrationRecord.measure(...).to_metadata()`),
 and every job that calibrates reads it back through `CalibrationRecord.of`:
 one format, read in one place. It holds the raw material of every score the
-family offers (bits/dim, PNG bits/dim, raw scores such as `recon`), the
+family offers (bits/dim, PNG bits/dim, raw scores such as `recon`, and the
+background model's bits/dim where the model has one, for `llr`), the
 scoring options they were computed with (e.g. `iwae_k`), and optionally the
 same for the model's reconstructions of that split (the reference for
-decoder samples, see `genaug.synthesize`).
+decoder samples, see `genaug.synthesize`). Records written before a field
+existed read back with it None.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def _to_json(raw: RawScores) -> dict:
     doc = {"png_bits_per_dim": raw.png_bits_per_dim.tolist(), **{k: v.tolist() for k, v in raw.extra.items()}}
     if raw.bits_per_dim is not None:
         doc["bits_per_dim"] = raw.bits_per_dim.tolist()
+    if raw.background_bits_per_dim is not None:
+        doc["background_bits_per_dim"] = raw.background_bits_per_dim.tolist()
     return doc
 
 
@@ -90,4 +94,5 @@ def _from_json(doc, where: str) -> RawScores:
         raise GenaugError(f"{where} holds score lists of different lengths or none; refit the model")
     bpd = arrays.pop("bits_per_dim", None)
     png = arrays.pop("png_bits_per_dim")
-    return RawScores(bpd, png, [], arrays)
+    background = arrays.pop("background_bits_per_dim", None)
+    return RawScores(bpd, png, [], arrays, background)
