@@ -340,7 +340,8 @@ def detect_outliers(
         typer.Option(
             help="auto (= complexity), nll, complexity, llr (likelihood ratio against a background model: "
             "a checkpoint fitted with --llr, or trained per fold in self-audit), typicality (distance of the "
-            "bits/dim from the data's typical value, two-sided), or a family's raw score (recon)."
+            "bits/dim from the data's typical value, two-sided), a family's raw score (recon), or ensemble (mean "
+            "robust z of complexity, typicality and llr where fitted; a family's raw scores otherwise)."
         ),
     ] = "auto",
     fdr: Annotated[float, typer.Option(help="False discovery rate for Benjamini-Hochberg flags.")] = 0.05,

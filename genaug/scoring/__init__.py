@@ -27,6 +27,7 @@ from genaug.models.base import GenerativeModel
 from genaug.models.store import background_of
 from genaug.progress import progress_bar
 from genaug.scoring.complexity import png_bits_per_dim
+from genaug.scoring.ensemble import combine
 from genaug.scoring.nll import model_bits_per_dim, model_raw_scores
 from genaug.scoring.typicality import entropy_estimate
 
@@ -34,6 +35,7 @@ from genaug.scoring.typicality import entropy_estimate
 LIKELIHOOD_SCORES = ("nll", "complexity", "llr", "typicality")
 # `auto` for a family with a likelihood: complexity survives the likelihood's preference for simple images.
 DEFAULT_SCORE = "complexity"
+ENSEMBLE = "ensemble"
 
 
 @dataclass
@@ -50,7 +52,7 @@ class RawScores:
 
 def available_scores(model: GenerativeModel | type[GenerativeModel]) -> list[str]:
     """The score names a family offers: with a likelihood `nll`, `complexity`, `llr` and
-    `typicality`, then its raw scores.
+    `typicality`, then its raw scores, then `ensemble` (see `ensemble_components`).
 
     For a fitted model (an instance) `llr` is offered only when it carries a
     background model (`genaug.fit(..., llr=True)`); for a family (a class,
@@ -60,7 +62,18 @@ def available_scores(model: GenerativeModel | type[GenerativeModel]) -> list[str
     likelihood = LIKELIHOOD_SCORES if "nll" in caps else ()
     if isinstance(model, GenerativeModel) and background_of(model) is None:
         likelihood = tuple(k for k in likelihood if k != "llr")
-    return [*likelihood, *model.raw_score_names]
+    offered = [*likelihood, *model.raw_score_names]
+    return [*offered, ENSEMBLE] if offered else []
+
+
+def ensemble_components(raw: RawScores) -> list[str]:
+    """The scores `ensemble` combines: `complexity` and `typicality` (and `llr` where the
+    model has a background model) for a family with a likelihood, else its raw scores.
+    Raw `nll` stays out: the likelihood's preference for simple images is what the
+    other two correct."""
+    if raw.bits_per_dim is None:
+        return list(raw.extra)
+    return ["complexity", "typicality", *(["llr"] if raw.background_bits_per_dim is not None else [])]
 
 
 def needs_background(kind: str) -> bool:
@@ -136,8 +149,18 @@ def score_values(
     estimate of the in-distribution, taken from `reference`: the calibration
     split's raw scores (its mean bits/dim, Nalisnick et al. 2019b), or in
     self-audit the out-of-fold scores themselves with `robust=True` (their
-    median: the data may hold the outliers). Other scores ignore `reference`.
+    median: the data may hold the outliers). `ensemble` is the mean robust z
+    of `ensemble_components`, each against the same component of `reference`
+    (`genaug.scoring.ensemble`). Other scores ignore `reference`.
     """
+    if kind == ENSEMBLE:
+        if reference is None:
+            raise GenaugError("score 'ensemble' needs reference scores to put its components on one scale")
+        names = ensemble_components(raw)
+        return combine(
+            {n: score_values(raw, n, reference, robust=robust) for n in names},
+            {n: score_values(reference, n, reference, robust=robust) for n in names},
+        )
     if kind in LIKELIHOOD_SCORES:
         if raw.bits_per_dim is None:
             raise GenaugError(f"score '{kind}' needs a likelihood, which this model has not")
