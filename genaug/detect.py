@@ -46,6 +46,7 @@ from genaug.scoring.calibration import (
     tail_p_values,
     top_fraction,
 )
+from genaug.scoring.rarity import EDGE_SHARE, categories, grouped_rarity, model_features
 from genaug.scoring.record import CalibrationRecord
 from genaug.scoring.typicality import DEFAULT_BOOTSTRAP, batch_test
 from genaug.train import TrainConfig
@@ -72,6 +73,9 @@ class DetectionResult:
     settings: dict
     png: list[bytes] = field(repr=False, default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Rarity among the inliers in feature space (0 typical .. 1 rarest) and outlier / edge-case / typical.
+    rarity: np.ndarray | None = None
+    category: np.ndarray | None = None
     # Reference mode with a likelihood: the calibration split's bits/dim, for `batch_p_value`.
     reference_bits_per_dim: np.ndarray | None = field(repr=False, default=None)
 
@@ -96,6 +100,8 @@ class DetectionResult:
             "p_value": self.p_value,
             "is_outlier": self.is_outlier,
             "rank": self.rank,
+            "rarity": self.rarity if self.rarity is not None else pa.nulls(len(self.score), pa.float64()),
+            "category": self.category.tolist() if self.category is not None else pa.nulls(len(self.score), pa.string()),
         }
 
     def table(self) -> pa.Table:
@@ -198,6 +204,9 @@ def detect_outliers(
         warnings += bh_resolution_warning(settings["n_calibration"], len(data), fdr)
     flags = top_fraction(s, contamination) if contamination is not None else benjamini_hochberg(p, fdr)
     settings["flag_rule"] = f"top {contamination:.2%}" if contamination is not None else f"BH at fdr {fdr}"
+    features = raw.features if raw.features is not None else model_features(model, data.images, batch_size=batch_size)
+    rarity = grouped_rarity(features, ~flags, raw.feature_group)
+    settings["edge_share"] = EDGE_SHARE
     return DetectionResult(
         data=data,
         score=s,
@@ -209,6 +218,8 @@ def detect_outliers(
         png=raw.png,
         warnings=warnings,
         reference_bits_per_dim=reference_bpd,
+        rarity=rarity,
+        category=categories(flags, rarity),
     )
 
 
@@ -268,6 +279,7 @@ def cross_fit_scores(
         raw = score_images(
             model, part.images, nll_options=nll_options, batch_size=batch_size, seed=config.seed, console=console
         )
+        raw.features = model_features(model, part.images, batch_size=batch_size)  # this fold model's own space
         parts.append((held_out, raw))
     return _gather(parts, n)
 
@@ -288,12 +300,20 @@ def _gather(parts: list[tuple[np.ndarray, RawScores]], n: int) -> RawScores:
         for i, b in zip(idx, raw.png):
             png[i] = b
     extra = {k: column(lambda r, k=k: r.extra[k]) for k in parts[0][1].extra}
+    features, group = None, None
+    if parts[0][1].features is not None:
+        features = np.empty((n, parts[0][1].features.shape[1]))
+        group = np.empty(n, dtype=np.int64)
+        for g, (idx, raw) in enumerate(parts):
+            features[idx], group[idx] = raw.features, g
     return RawScores(
         column(lambda r: r.bits_per_dim),
         column(lambda r: r.png_bits_per_dim),
         png,
         extra,
         column(lambda r: r.background_bits_per_dim),
+        features=features,
+        feature_group=group,
     )
 
 

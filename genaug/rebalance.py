@@ -66,6 +66,7 @@ from genaug.limits import check_fits_in_memory
 from genaug.models.base import GenerativeModel
 from genaug.models.registry import get_family
 from genaug.models.store import load_model, model_hash
+from genaug.scoring.rarity import model_features
 from genaug.train import TrainConfig
 
 METHODS = ("histogram", "gmm", "kde")
@@ -602,9 +603,7 @@ def encode_images(model: GenerativeModel, images: torch.Tensor, *, batch_size: i
     """[N, d] latent features (posterior means) of uint8 images, in batches."""
     if "features" not in model.capabilities():
         raise GenaugError(f"model family '{model.name}' has no feature space to rebalance in (needs features)")
-    model.eval()
-    chunks = [model.features(images[s : s + batch_size].to(model.device)).float().cpu() for s in range(0, len(images), batch_size)]
-    return torch.cat(chunks).numpy().astype(np.float64)
+    return model_features(model, images, batch_size=batch_size)
 
 
 def rebalance(

@@ -90,7 +90,7 @@ def test_written_parquet_has_the_documented_schema(reference_model, digits, tmp_
     genaug.detect_outliers(data, model=reference_model).write(path, command="test")
     table = pq.read_table(path)
     assert table.column_names == [
-        "index", "id", "image", "label", "score", "bits_per_dim", "p_value", "is_outlier", "rank"
+        "index", "id", "image", "label", "score", "bits_per_dim", "p_value", "is_outlier", "rank", "rarity", "category"
     ]
     assert table["index"].to_pylist() == list(range(100))
     assert table["id"].to_pylist() == data.ids

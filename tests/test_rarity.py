@@ -65,3 +65,22 @@ def test_pixel_features_downscale_to_8x8_in_unit_range():
     f = pixel_features(x)
     assert f.shape == (4, 3 * 64) and f.min() >= 0 and f.max() <= 1
     assert pixel_features(torch.zeros(2, 1, 5, 5, dtype=torch.uint8)).shape == (2, 25)
+
+
+def test_detect_outliers_writes_rarity_and_category_for_every_image(digits, tmp_path):
+    import pyarrow.parquet as pq
+
+    from genaug.detect import detect_outliers
+    from genaug.train import TrainConfig
+
+    data = digits.subset(np.arange(200))
+    result = detect_outliers(data, family="ae", contamination=0.05, train_config=TrainConfig(epochs=1, progress=False))
+    table = pq.read_table(result.write(tmp_path / "out.parquet") and tmp_path / "out.parquet")
+    cat = np.array(table["category"].to_pylist())
+    assert ((cat == OUTLIER) == result.is_outlier).all()
+    inliers = ~result.is_outlier
+    # Each self-audit fold ranks its inliers in its own model's feature space: about 5% edge cases per fold.
+    assert abs((cat[inliers] == EDGE_CASE).mean() - 0.05) <= 0.02
+    rarity = np.array(table["rarity"].to_pylist())
+    assert np.all((rarity >= 0) & (rarity <= 1))
+    assert rarity[cat == EDGE_CASE].min() > rarity[cat == TYPICAL].max()

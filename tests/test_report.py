@@ -461,7 +461,11 @@ def test_in_a_browser_a_real_report_shows_every_flagged_digit(real_output, tmp_p
     result, path = real_output
     write_report(path, tmp_path / "digits.html")
     dom, found = rendered(tmp_path / "digits.html", tmp_path)
-    assert found["data-images"] == found["data-decoded"] == str(result.n_flagged) == "10"
+    n_edge = int((result.category == "edge-case").sum())
+    assert result.n_flagged == 10 and n_edge > 0  # detect's edge cases get their own grid
+    assert found["data-images"] == found["data-decoded"] == str(result.n_flagged + n_edge)
     flagged = {result.data.ids[i] for i in np.flatnonzero(result.is_outlier)}
     assert {s.text() for s in dom.one("section", id="outliers").all("span", cls="id")} == flagged
+    edge = {result.data.ids[i] for i in np.flatnonzero(result.category == "edge-case")}
+    assert {s.text() for s in dom.one("section", id="edge-cases").all("span", cls="id")} == edge
     assert json.loads(dom.one("line", cls="threshold").attrs["data-score"]) == result.score[result.is_outlier].min()

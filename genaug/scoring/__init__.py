@@ -48,6 +48,10 @@ class RawScores:
     png: list[bytes] = field(default_factory=list, repr=False)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     background_bits_per_dim: np.ndarray | None = None
+    # [N, d] feature vectors for rarity (`genaug.scoring.rarity`), where computed; images whose
+    # `feature_group` differs (self-audit folds: one model each) lie in different feature spaces.
+    features: np.ndarray | None = field(default=None, repr=False)
+    feature_group: np.ndarray | None = field(default=None, repr=False)
 
 
 def available_scores(model: GenerativeModel | type[GenerativeModel]) -> list[str]:

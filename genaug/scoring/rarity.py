@@ -34,6 +34,28 @@ def pixel_features(images: torch.Tensor, size: int = 8) -> np.ndarray:
     return x.flatten(1).numpy().astype(np.float64)
 
 
+@torch.inference_mode()
+def model_features(model, images: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
+    """[N, d] features of uint8 images: the model's own (`features`, e.g. posterior means) where
+    the family has them, else `pixel_features`."""
+    if "features" not in model.capabilities():
+        return pixel_features(images)
+    model.eval()
+    chunks = [model.features(images[s : s + batch_size].to(model.device)).float().cpu() for s in range(0, len(images), batch_size)]
+    return torch.cat(chunks).numpy().astype(np.float64)
+
+
+def grouped_rarity(features: np.ndarray, inliers: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """`feature_rarity` within each group of images that share a feature space (None: one group)."""
+    if groups is None:
+        return feature_rarity(features, inliers)
+    out = np.empty(len(features))
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        out[idx] = feature_rarity(features[idx], inliers[idx])
+    return out
+
+
 def feature_rarity(features: np.ndarray, inliers: np.ndarray, *, neighbours: int = NEIGHBOURS) -> np.ndarray:
     """[N] rarity in [0, 1]: the share of inliers that lie closer to their `neighbours`
     nearest inliers than this image does (each inlier leaves itself out).
