@@ -49,13 +49,9 @@ from torch import Tensor, nn
 
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel, Losses, Stage, check_int_options
+from genaug.models.conv_trunk import down_layers, feature_sizes, stage_widths, up_convs, upsample
 from genaug.models.distributions import from_unit_range, to_unit_range
 
-# Downsample by 2 while the feature map is larger than this (8 -> 4, 28 -> 7, 32 -> 4, 64 -> 4).
-MAX_BOTTOM_SIZE = 7
-# Widths double per stage up to this multiple of `channels` (as in the VAE: the
-# deepest stages of 64x64+ images would otherwise dominate CPU time).
-MAX_WIDTH_MULTIPLE = 2
 # Images the mixture is fitted to: EM on full covariances costs N*K*d^2 per
 # iteration, and 10,000 codes pin down ten 32-d Gaussians far past what sampling needs.
 MAX_PRIOR_IMAGES = 10_000
@@ -110,29 +106,18 @@ class Autoencoder(GenerativeModel):
         super().__init__(image_shape, num_classes)
         self.config = cfg = AEConfig(latent_dim, channels, hidden, mixture_components)
         c, h, w = self.image_shape
-        # Feature-map sizes, full resolution first; ceil(n / 2) per stage, always at least one stage.
-        self.sizes = [(h, w)]
-        while len(self.sizes) == 1 or max(self.sizes[-1]) > MAX_BOTTOM_SIZE:
-            self.sizes.append(((self.sizes[-1][0] + 1) // 2, (self.sizes[-1][1] + 1) // 2))
-        stages = len(self.sizes) - 1
-        self.widths = [c] + [cfg.channels * min(2**i, MAX_WIDTH_MULTIPLE) for i in range(stages)]
+        self.sizes = feature_sizes(h, w)
+        self.widths = stage_widths(c, cfg.channels, len(self.sizes) - 1)
         bottom = self.widths[-1] * self.sizes[-1][0] * self.sizes[-1][1]
-
-        layers: list[nn.Module] = []
-        for i in range(stages):  # k3 s2 p1 maps n to ceil(n / 2), odd or even
-            layers += [nn.Conv2d(self.widths[i], self.widths[i + 1], 3, stride=2, padding=1), nn.SiLU()]
         self.encoder = nn.Sequential(
-            *layers, nn.Flatten(), nn.Linear(bottom, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.latent_dim)
+            *down_layers(self.widths), nn.Flatten(), nn.Linear(bottom, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.latent_dim)
         )
 
         self.from_latent = nn.Linear(cfg.latent_dim, cfg.hidden)
         # A class shifts the decoder's first hidden layer (a learned per-class bias).
         self.embed = nn.Embedding(num_classes, cfg.hidden) if num_classes > 0 else None
         self.to_bottom = nn.Linear(cfg.hidden, bottom)
-        # Stage i maps widths[i + 1] at sizes[i + 1] to widths[i] (C outputs last) at sizes[i].
-        self.up = nn.ModuleList(
-            nn.Conv2d(self.widths[i + 1], 4 * self.widths[i], 3, padding=1) for i in reversed(range(stages))
-        )
+        self.up = up_convs(self.widths, c)  # then a pixel shuffle per stage (conv_trunk.upsample)
 
         # The feature mixture `sample` draws from, filled by `fit_prior`. Fixed
         # shapes from the options, so a checkpoint carries it and the loader's
@@ -156,8 +141,7 @@ class Autoencoder(GenerativeModel):
         if self.embed is not None and y is not None:
             hidden = hidden + self.embed(y)
         feat = self.to_bottom(F.silu(hidden)).view(z.shape[0], self.widths[-1], *self.sizes[-1])
-        for conv, (h, w) in zip(self.up, reversed(self.sizes[:-1])):
-            feat = F.pixel_shuffle(conv(F.silu(feat)), 2)[:, :, :h, :w]
+        feat = upsample(feat, self.up, self.sizes)
         return feat
 
     def _squared_error(self, x: Tensor, y: Tensor | None) -> Tensor:

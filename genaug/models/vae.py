@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel, Losses, check_int_options
+from genaug.models.conv_trunk import down_layers, feature_sizes, stage_widths, up_convs, upsample
 from genaug.models.distributions import (
     discretized_logistic_log_prob,
     from_unit_range,
@@ -40,11 +41,6 @@ from genaug.models.distributions import (
     to_unit_range,
 )
 
-# Downsample by 2 while the feature map is larger than this (8 -> 4, 28 -> 7, 32 -> 4, 64 -> 4).
-MAX_BOTTOM_SIZE = 7
-# Widths double per stage up to this multiple of `channels`, so the deepest
-# stages of 64x64+ images do not dominate the CPU time of training and scoring.
-MAX_WIDTH_MULTIPLE = 2
 
 
 # Largest value of each option: far past any useful size, small enough that a
@@ -88,30 +84,17 @@ class VAE(GenerativeModel):
         super().__init__(image_shape, num_classes)
         self.config = cfg = VAEConfig(latent_dim, channels, hidden)
         c, h, w = self.image_shape
-        # Feature-map sizes, full resolution first; ceil(n / 2) per stage, always at least one stage.
-        self.sizes = [(h, w)]
-        while len(self.sizes) == 1 or max(self.sizes[-1]) > MAX_BOTTOM_SIZE:
-            self.sizes.append(((self.sizes[-1][0] + 1) // 2, (self.sizes[-1][1] + 1) // 2))
-        stages = len(self.sizes) - 1
-        self.widths = [c] + [cfg.channels * min(2**i, MAX_WIDTH_MULTIPLE) for i in range(stages)]
+        self.sizes = feature_sizes(h, w)
+        self.widths = stage_widths(c, cfg.channels, len(self.sizes) - 1)
         bottom = self.widths[-1] * self.sizes[-1][0] * self.sizes[-1][1]
-
-        layers: list[nn.Module] = []
-        for i in range(stages):  # k3 s2 p1 maps n to ceil(n / 2), odd or even
-            layers += [nn.Conv2d(self.widths[i], self.widths[i + 1], 3, stride=2, padding=1), nn.SiLU()]
-        self.encoder = nn.Sequential(*layers, nn.Flatten(), nn.Linear(bottom, cfg.hidden), nn.SiLU())
+        self.encoder = nn.Sequential(*down_layers(self.widths), nn.Flatten(), nn.Linear(bottom, cfg.hidden), nn.SiLU())
         self.to_posterior = nn.Linear(cfg.hidden, 2 * cfg.latent_dim)
 
         self.from_latent = nn.Linear(cfg.latent_dim, cfg.hidden)
         # A class shifts the decoder's first hidden layer (a learned per-class bias).
         self.embed = nn.Embedding(num_classes, cfg.hidden) if num_classes > 0 else None
         self.to_bottom = nn.Linear(cfg.hidden, bottom)
-        # Stage i maps widths[i + 1] at sizes[i + 1] to widths[i] (or 2C outputs) at sizes[i]:
-        # a 3x3 conv to 4x the channels at the low resolution, then a pixel shuffle.
-        self.up = nn.ModuleList(
-            nn.Conv2d(self.widths[i + 1], 4 * (self.widths[i] if i > 0 else 2 * c), 3, padding=1)
-            for i in reversed(range(stages))
-        )
+        self.up = up_convs(self.widths, 2 * c)  # then a pixel shuffle per stage (conv_trunk.upsample)
 
     def init_args(self) -> dict:
         return asdict(self.config)
@@ -131,8 +114,7 @@ class VAE(GenerativeModel):
             hidden = hidden + self.embed(y)
         feat = self.to_bottom(F.silu(hidden))
         feat = feat.view(z.shape[0], self.widths[-1], *self.sizes[-1])
-        for i, (conv, (h, w)) in enumerate(zip(self.up, reversed(self.sizes[:-1]))):
-            feat = F.pixel_shuffle(conv(F.silu(feat)), 2)[:, :, :h, :w]
+        feat = upsample(feat, self.up, self.sizes)
         mean, log_scale = feat.chunk(2, dim=1)
         return mean, log_scale
 
