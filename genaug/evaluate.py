@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genaug.data.parquet import read_genaug_metadata
+from genaug.parquet_meta import genaug_metadata
 from genaug.data.readers import PARQUET_EXTENSIONS
 from genaug.errors import GenaugError, first_line, shown, shown_names
 
@@ -215,10 +216,9 @@ def evaluate(
 def _scores_table(scores, columns: list[str]) -> tuple[pa.Table, dict, str]:
     """The `columns` of the scores, their genaug metadata ({} if none) and how to name them in messages."""
     if isinstance(scores, pa.Table):
-        raw = (scores.schema.metadata or {}).get(b"genaug")
         try:
-            meta = _object(json.loads(raw) if raw else {})
-        except ValueError:
+            meta = _object(genaug_metadata(scores.schema.metadata, "the table"))
+        except GenaugError:  # a hand-made table's unreadable metadata: treated as none, as before
             meta = {}
         _require(scores.schema.names, columns, "the table", meta)
         return scores.select(columns), meta, "the table"

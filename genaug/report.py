@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from genaug.parquet_meta import genaug_metadata
 from genaug._version import __version__
 from genaug.atomic import check_output, clean_stale, temp_path
 from genaug.errors import GenaugError, first_line
@@ -214,13 +215,7 @@ class _Scores:
 
 
 def _genaug_metadata(meta: dict, source: str) -> dict:
-    raw = meta.get(b"genaug")
-    if not raw:
-        return {}
-    try:
-        settings = json.loads(raw)
-    except ValueError:
-        raise GenaugError(f"{source} has unreadable genaug metadata") from None
+    settings = genaug_metadata(meta, source)
     if not isinstance(settings, dict):
         raise GenaugError(f"{source} has unreadable genaug metadata (not a JSON object)")
     return settings

@@ -24,6 +24,7 @@ from PIL import Image
 
 from genaug.atomic import check_output, clean_stale, temp_path
 from genaug.data.imageset import ImageSet
+from genaug import parquet_meta
 from genaug.errors import GenaugError, first_line
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -265,7 +266,7 @@ def _write_temp(table: pa.Table, path: Path, genaug_metadata: dict, class_names:
     """`table` with its metadata in a hidden temp file beside `path` (removed again on error)."""
     meta = dict(table.schema.metadata or {})
     meta[b"huggingface"] = json.dumps({"info": {"features": hf_features(table.schema, class_names)}}).encode()
-    meta[b"genaug"] = json.dumps(genaug_metadata, default=_json_default).encode()
+    meta[parquet_meta.GENAUG_KEY] = json.dumps(genaug_metadata, default=_json_default).encode()
     table = table.replace_schema_metadata(meta)
     # Not mkstemp: its 0600 mode would survive the rename and hide the output from other users.
     tmp = temp_path(path)
@@ -304,13 +305,7 @@ def write_image_table(
 def read_genaug_metadata(path: str | os.PathLike) -> dict:
     """The `genaug` metadata of a Parquet file written by genaug ({} if it has none)."""
     try:
-        meta = pq.read_schema(path).metadata or {}
+        meta = pq.read_schema(path).metadata
     except (OSError, pa.ArrowException) as e:
         raise GenaugError(f"cannot read Parquet file {path}: {first_line(e)}") from None
-    raw = meta.get(b"genaug")
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise GenaugError(f"{path} has unreadable genaug metadata") from None
+    return parquet_meta.genaug_metadata(meta, str(path))
