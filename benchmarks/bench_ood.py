@@ -21,8 +21,16 @@ seeded, each run in both directions where it has two sides:
    replaced, so no foreign drawing has its twin left in the set. No clean
    reference: genaug cross-fits (`detect_outliers(data, family=...)`),
    PyOD fits on the contaminated set and scores that same set.
-4. self-audit, nothing injected: the same on the clean style; the share
-   flagged is all false discoveries (target for genaug: at most 0.5%).
+4. self-audit, photos injected (`photo`): foreign images of another kind.
+   All of one style with 2% of the images replaced by 32x32 RGB crops of
+   the two photographs scikit-learn ships (`load_sample_images`; crops of
+   32..128 px, downscaled), and the reverse: 3,491 such photo crops with 2%
+   replaced by emoji of that style.
+5. self-audit, nothing injected: the same on each clean set (both styles,
+   and the photo crops when `photo` runs); the share flagged is all false
+   discoveries (target for genaug: at most 0.5%).
+
+`--tasks` picks among novel, style, injected, photo, clean (default: all).
 
 Methods. genaug: every `--families` x `--scores` (a score the installed
 genaug does not offer shows "n/a"); reference mode fits once per family
@@ -56,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from genaug._version import __version__ as genaug_version
@@ -64,7 +73,8 @@ from genaug.detect import detect_outliers
 from genaug.errors import GenaugError
 from genaug.fit import fit
 from genaug.models.registry import get_family
-from genaug.scoring import resolve_score
+from genaug.scoring import resolve_score, score_values
+from genaug.scoring.record import CalibrationRecord
 from genaug.train import TrainConfig, resolve_device
 
 STYLES = ("google", "twitter")
@@ -75,12 +85,16 @@ INJECT_SHARE = 0.02
 STYLE_OUT_SHARE = 0.05  # outliers' share of the style task's test set
 QUICK_SHARE = 0.2  # --quick keeps this share of the emoji (the same ones in both styles)
 CLEAN_TARGET = 0.005
+PHOTO = "photos"
+PHOTO_CROP = (32, 128)  # side range of the photo crops, in source pixels, before downscaling to 32x32
 TASKS = {
     "novel": "novel category (reference mode)",
     "style": "other style (reference mode)",
     "injected": f"self-audit, {INJECT_SHARE:.0%} other-style drawings injected",
+    "photo": f"self-audit, {INJECT_SHARE:.0%} photo crops injected (and {INJECT_SHARE:.0%} emoji into photo crops)",
     "clean": "self-audit, nothing injected",
 }
+SCORED_TASKS = ("novel", "style", "injected", "photo")  # the tasks with outliers: summary means are over these
 
 
 @dataclass
@@ -123,6 +137,24 @@ def load_emoji(emoji_dir: Path, quick: bool) -> dict[str, Emoji]:
         keep = np.sort(np.random.default_rng(0).permutation(n)[: int(QUICK_SHARE * n)])
         out = {s: Emoji(e.x[torch.from_numpy(keep)], e.y[keep], e.names[keep], e.categories) for s, e in out.items()}
     return out
+
+
+def photo_crops(n: int, seed: int) -> torch.Tensor:
+    """[n, 3, 32, 32] uint8 random crops (sides PHOTO_CROP px, antialiased downscale) of scikit-learn's two
+    sample photographs: foreign to emoji, and a second kind of real image to audit."""
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng([seed, 7])
+    photos = [torch.from_numpy(np.array(img)).permute(2, 0, 1).float() for img in load_sample_images().images]
+    out = torch.empty(n, 3, 32, 32)
+    for i in range(n):
+        img = photos[rng.integers(len(photos))]
+        side = int(rng.integers(PHOTO_CROP[0], PHOTO_CROP[1] + 1))
+        top = int(rng.integers(0, img.shape[1] - side + 1))
+        left = int(rng.integers(0, img.shape[2] - side + 1))
+        crop = img[None, :, top : top + side, left : left + side]
+        out[i] = F.interpolate(crop, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)[0]
+    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def category_index(spec: str, categories: list[str]) -> int:
@@ -190,12 +222,43 @@ def audit_task(emoji: dict[str, Emoji], inlier: str, seed: int, share: float) ->
     return Task(name, direction, None, e.imageset(np.arange(n), f"{inlier}-audit", x), is_out)
 
 
-def build_tasks(emoji: dict[str, Emoji], novel: list[int], seed: int) -> list[Task]:
-    """Every direction of every task for one seed, in table order."""
-    tasks = [novel_task(emoji, s, c, seed) for c in novel for s in STYLES]
-    tasks += [style_task(emoji, s, seed) for s in STYLES]
-    tasks += [audit_task(emoji, s, seed, INJECT_SHARE) for s in STYLES]
-    tasks += [audit_task(emoji, s, seed, 0.0) for s in STYLES]
+def photo_task(emoji: dict[str, Emoji], inlier: str, style: str, seed: int, share: float) -> Task:
+    """Task 4 (and its clean set): emoji of `style` with `share` photo crops, or (`inlier` = PHOTO)
+    photo crops with `share` emoji of `style`; 0: the clean inlier set."""
+    e = emoji[style]
+    n = len(e.y)
+    photos = photo_crops(n, seed)
+    rng = np.random.default_rng([seed, 11, int(share * 1000)])
+    is_out = np.zeros(n, dtype=bool)
+    is_out[rng.choice(n, size=int(round(share * n)), replace=False)] = True
+    own, foreign = (photos, e.x) if inlier == PHOTO else (e.x, photos)
+    x = torch.where(torch.from_numpy(is_out)[:, None, None, None], foreign, own)
+    # Labels: the emoji's category where an emoji is shown, else one "photo" class.
+    names = [*e.categories, PHOTO]
+    shows_emoji = is_out if inlier == PHOTO else ~is_out
+    y = np.where(shows_emoji, e.y, len(e.categories))
+    other = PHOTO if inlier != PHOTO else style
+    name = "photo" if share else "clean"
+    direction = f"{inlier} + {other}" if share else inlier
+    return Task(name, direction, None, ImageSet(x, y, names, source=f"{inlier}-audit"), is_out)
+
+
+def build_tasks(emoji: dict[str, Emoji], novel: list[int], seed: int, which: list[str]) -> list[Task]:
+    """Every direction of every task in `which` for one seed, in table order."""
+    tasks = []
+    if "novel" in which:
+        tasks += [novel_task(emoji, s, c, seed) for c in novel for s in STYLES]
+    if "style" in which:
+        tasks += [style_task(emoji, s, seed) for s in STYLES]
+    if "injected" in which:
+        tasks += [audit_task(emoji, s, seed, INJECT_SHARE) for s in STYLES]
+    if "photo" in which:
+        tasks += [photo_task(emoji, "google", "google", seed, INJECT_SHARE),
+                  photo_task(emoji, PHOTO, "google", seed, INJECT_SHARE)]
+    if "clean" in which:
+        tasks += [audit_task(emoji, s, seed, 0.0) for s in STYLES]
+        if "photo" in which:
+            tasks.append(photo_task(emoji, PHOTO, "google", seed, 0.0))
     return tasks
 
 
@@ -256,9 +319,16 @@ def cross_fit_once():
         module.cross_fit_scores = original
 
 
+# --save-scores: "seed|task|direction|method|scored" (and "|calibration" in reference mode) -> scores,
+# "seed|task|direction|is_out" -> truth; for choosing among score combinations offline on the same runs.
+SAVED: dict[str, np.ndarray] = {}
+
+
 def genaug_rows(task: Task, family: str, scores: list[str], config: TrainConfig) -> dict[str, dict]:
     """Method name -> metrics for every score of `family` on `task`, in `scores` order; a score
     the installed genaug does not offer gets an "n/a" row."""
+    prefix = f"{config.seed}|{task.task}|{task.direction}"
+    SAVED[f"{prefix}|is_out"] = task.is_out
     cls = get_family(family)
     offered = {}
     for kind in scores:
@@ -297,6 +367,10 @@ def genaug_rows(task: Task, family: str, scores: list[str], config: TrainConfig)
                 if w not in warned:  # the same warning for every score of one model: once is enough
                     warned.add(w)
                     log(f"  genaug warning ({family}): {w}")
+            SAVED[f"{prefix}|{family}/{kind}|scored"] = result.score
+            if model is not None:
+                record = CalibrationRecord.of(model).scores
+                SAVED[f"{prefix}|{family}/{kind}|calibration"] = score_values(record, concrete, record)
             rows[name] = {**metrics(task.is_out, result.score, result.is_outlier),
                           "flag rule": result.settings["flag_rule"], "fit s": fit_s,
                           "score s": time.perf_counter() - start - fitted}
@@ -386,12 +460,12 @@ def task_table(runs: dict[str, list[dict]], clean: bool) -> list[dict]:
 
 
 def summary_table(results: dict, methods: list[str]) -> list[dict]:
-    """Mean AUROC per method over every scored direction (tasks 1-3), per task, and the clean share."""
+    """Mean AUROC per method over every scored direction (tasks 1-4), per task, and the clean share."""
     table = []
     for method in methods:
         row: dict = {"method": method}
         every = []
-        for task in ("novel", "style", "injected"):
+        for task in SCORED_TASKS:
             aurocs = [r["AUROC"] for (t, _), runs in results.items() if t == task for r in runs.get(method, [])
                       if not r.get("n/a")]
             row[f"AUROC {task}"] = float(np.mean(aurocs)) if aurocs else "n/a"
@@ -418,11 +492,14 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["vae", "pixelcnn"])
     parser.add_argument("--scores", nargs="+", default=list(SCORES))
     parser.add_argument("--pyod", nargs="+", default=list(PYOD), choices=PYOD)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
+                        help="which tasks to run (default: all)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, averaged (default 1)")
     parser.add_argument("--time-limit", type=float, default=1.0, help="training minutes per genaug model (default 1)")
     parser.add_argument("--epochs", type=int, help="genaug epoch cap (default: genaug's automatic choice)")
     parser.add_argument("--pyod-epochs", type=int, help="epochs of PyOD's deep detectors (default: PyOD's)")
     parser.add_argument("--device", default="auto", help="genaug's training device")
+    parser.add_argument("--save-scores", type=Path, help="write every genaug score array (and the truth) to this .npz")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK_SHARE * 100:.0f}%% of the emoji, "
                              "2 epochs for genaug and PyOD unless given")
@@ -460,7 +537,7 @@ def main() -> None:
     for seed in range(args.seeds):
         config = TrainConfig(epochs=args.epochs, time_limit=args.time_limit, device=args.device, seed=seed,
                              progress=False)
-        for task in build_tasks(emoji, novel, seed):
+        for task in build_tasks(emoji, novel, seed, args.tasks):
             n_out = int(task.is_out.sum())
             log(f"seed {seed}, {task.task}: {task.direction} ({len(task.test)} scored, {n_out} outliers)")
             runs = results.setdefault((task.task, task.direction), {})
@@ -471,6 +548,8 @@ def main() -> None:
             for detector in args.pyod:
                 runs.setdefault(detector, []).append(pyod_row(task, detector, args.pyod_epochs, seed))
             methods += [m for m in runs if m not in methods]
+            if args.save_scores:  # after every task: a long run stopped early keeps what it measured
+                np.savez_compressed(args.save_scores, **SAVED)
 
     for key, title in TASKS.items():
         print(f"## {title}\n")
@@ -481,7 +560,7 @@ def main() -> None:
                 print(f"### {direction} ({fitted_on}{n_test} scored, {n_out} outliers)\n")
                 print_table(task_table(runs, clean=task == "clean"))
                 print()
-    print("## summary: mean AUROC over every direction of tasks 1-3; clean: mean share flagged\n")
+    print("## summary: mean AUROC over every direction of tasks 1-4; clean: mean share flagged\n")
     print_table(summary_table(results, methods))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 

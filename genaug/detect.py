@@ -37,7 +37,15 @@ from genaug.fit import check_llr, new_model, scoring_options, train_background, 
 from genaug.models.base import GenerativeModel
 from genaug.models.registry import get_family
 from genaug.models.store import background_of, load_model, model_hash
-from genaug.scoring import RawScores, needs_background, resolve_score, score_images, score_values
+from genaug.scoring import (
+    DEFAULT_SCORE,
+    FALLBACK_SCORE,
+    RawScores,
+    needs_background,
+    resolve_score,
+    score_images,
+    score_values,
+)
 from genaug.scoring.calibration import (
     benjamini_hochberg,
     check_fraction,
@@ -200,6 +208,11 @@ def detect_outliers(
         settings["iwae_k"] = options["iwae_k"]
 
     warnings = []
+    if score.lower() == "auto" and kind == FALLBACK_SCORE:
+        warnings.append(
+            f"auto scored {FALLBACK_SCORE}: the model has no background model for {DEFAULT_SCORE}, the default "
+            "score; refit without --no-llr (genaug.fit(..., llr=True)) to use it"
+        )
     if settings["mode"] == "reference" and contamination is None:
         warnings += bh_resolution_warning(settings["n_calibration"], len(data), fdr)
     flags = top_fraction(s, contamination) if contamination is not None else benjamini_hochberg(p, fdr)

@@ -10,8 +10,8 @@ With `llr=True` a background model (same family and options) is trained on
 the same training split with its pixels perturbed (`genaug.scoring.llr`),
 attached to the model, stored in its checkpoint, and its bits/dim of the
 calibration split join the record: the `llr` score is then calibrated like
-any other. It doubles the training time, so it is off by default (`auto`
-does not use it).
+any other. It doubles the training time; it is on by default (`llr=None`)
+for families with a likelihood, because `llr` is the default score (`auto`).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def fit(
     calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
     iwae_k: int | None = None,
     nll_options: dict | None = None,
-    llr: bool = False,
+    llr: bool | None = None,
     mutation_rate: float | None = None,
     train_config: TrainConfig | None = None,
     console: Console | None = None,
@@ -150,16 +150,20 @@ def fit(
     """Train a model on `data` minus a held-out calibration split, and store the
     split's scores in `model.metadata["calibration"]`.
 
-    With `llr`, also train a background model on the training split with
-    each pixel replaced by a random colour at `mutation_rate` (None:
-    `DEFAULT_MUTATION_RATE`), for the `llr` score (twice the training
-    time). The returned model is ready for `detect_outliers(..., model=model)`,
+    With `llr` (None, the default: whenever the family has a likelihood),
+    also train a background model on the training split with each pixel
+    replaced by a random colour at `mutation_rate` (None:
+    `DEFAULT_MUTATION_RATE`), for the `llr` score, `auto`'s choice (twice
+    the training time; `llr=False` skips it and `auto` scores `complexity`).
+    The returned model is ready for `detect_outliers(..., model=model)`,
     `rebalance`, `synthesize`, or `save_model`.
     """
     check_fraction("calibration-fraction", calibration_fraction)
     # Everything the job will need is checked before any training.
     cls = get_family(family)
     options = scoring_options(cls, iwae_k, nll_options)
+    if llr is None:
+        llr = "nll" in cls.capabilities()
     mutation_rate = check_llr(cls, mutation_rate, needed=llr)
     if not available_scores(cls):
         raise GenaugError(f"model family '{family}' has neither a likelihood nor a raw score to calibrate")

@@ -40,6 +40,8 @@ from genaug.scoring.calibration import benjamini_hochberg, check_fraction, confo
 from genaug.scoring.record import CalibrationRecord
 
 MAX_FILTER_ROUNDS = 20
+# `--filter-fdr`'s score for a family with a likelihood (see `synthesize`).
+FILTER_SCORE = "complexity"
 
 
 @dataclass
@@ -145,7 +147,9 @@ def synthesize(
     record = CalibrationRecord.of(model)
     reference = record.reconstruction or record.scores
     settings["filter_reference"] = "reconstructions" if record.reconstruction is not None else "real images"
-    kind = resolve_score(score, model)
+    # The filter was measured with complexity against reconstructions; `auto`'s llr is measured for
+    # real images only, so the filter keeps complexity where the family has a likelihood.
+    kind = resolve_score(FILTER_SCORE if score == "auto" and "nll" in model.capabilities() else score, model)
     cal_scores = score_values(reference, kind, reference)
     kept_x, kept_y, kept_s, kept_p, drawn = [], [], [], [], 0
     with progress_bar(console, "sampling + filtering", n) as advance:

@@ -155,6 +155,25 @@ def test_llr_is_offered_by_a_family_with_a_likelihood_and_a_model_with_a_backgro
         resolve_score("llr", plain)
 
 
+def test_auto_is_llr_and_fit_trains_its_background_by_default(fitted, monkeypatch):
+    assert resolve_score("auto", get_family("pixelcnn")) == "llr" == resolve_score("auto", fitted)
+    assert resolve_score("auto", get_family("ae")) == "recon"
+    trained = []
+    monkeypatch.setattr(fit_module, "train_background", lambda model, *a, **k: trained.append(model.name))
+    data = ImageSet(inliers(40, 0))
+    quick = TrainConfig(epochs=1, batch_size=16, progress=False)
+    genaug.fit(data, family="pixelcnn", model_options=TINY, train_config=quick)
+    genaug.fit(data, family="ae", train_config=quick)  # no likelihood: no background, no error
+    assert trained == ["pixelcnn"]
+    # Fitted without one (--no-llr, or a checkpoint from before): auto falls back to complexity, and says so.
+    plain = genaug.fit(data, family="pixelcnn", model_options=TINY, llr=False, train_config=quick)
+    assert trained == ["pixelcnn"] and resolve_score("auto", plain) == "complexity"
+    result = genaug.detect_outliers(data, model=plain)
+    assert result.settings["score"] == "complexity"
+    assert any("no background model" in w for w in result.warnings)
+    assert not any("background" in w for w in genaug.detect_outliers(data, model=plain, score="nll").warnings)
+
+
 def test_llr_settings_are_checked_before_training(monkeypatch):
     monkeypatch.setattr(fit_module, "train", lambda *a, **k: pytest.fail("trained before checking"))
     data = ImageSet(inliers(20, 0))
@@ -163,7 +182,7 @@ def test_llr_settings_are_checked_before_training(monkeypatch):
     with pytest.raises(GenaugError, match="mutation-rate"):
         genaug.fit(data, family="pixelcnn", llr=True, mutation_rate=1.5)
     with pytest.raises(GenaugError, match="only where a background model is trained"):
-        genaug.fit(data, family="pixelcnn", mutation_rate=0.1)
+        genaug.fit(data, family="pixelcnn", llr=False, mutation_rate=0.1)
 
 
 # -- the checkpoint -----------------------------------------------------------------

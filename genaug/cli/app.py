@@ -275,12 +275,15 @@ def fit(
     calibration_fraction: Annotated[float, typer.Option(help="Share held out to calibrate p-values.")] = 0.2,
     iwae_k: IwaeK = None,
     llr: Annotated[
-        bool,
+        Optional[bool],
         typer.Option(
-            help="Also train a background model on pixel-perturbed images, for detect-outliers --score llr "
-            "(families with a likelihood; doubles training time)."
+            "--llr/--no-llr",
+            help="Train a background model on pixel-perturbed images for the llr score, the default score "
+            "(doubles training time). Default: on for families with a likelihood; --no-llr makes auto score "
+            "complexity.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     mutation_rate: MutationRate = None,
     epochs: Epochs = None,
     time_limit: TimeLimit = None,
@@ -338,8 +341,8 @@ def detect_outliers(
     score: Annotated[
         str,
         typer.Option(
-            help="auto (= complexity), nll, complexity, llr (likelihood ratio against a background model: "
-            "a checkpoint fitted with --llr, or trained per fold in self-audit), typicality (distance of the "
+            help="auto (= llr; complexity for a checkpoint fitted with --no-llr), nll, complexity, llr (likelihood "
+            "ratio against a background model: stored in the checkpoint, or trained per fold in self-audit), typicality (distance of the "
             "bits/dim from the data's typical value, two-sided), a family's raw score (recon), or ensemble (mean "
             "robust z of complexity, typicality and llr where fitted; a family's raw scores otherwise)."
         ),

@@ -33,8 +33,12 @@ from genaug.scoring.typicality import entropy_estimate
 
 # Scores every family with a likelihood offers; `llr` also needs a background model (see available_scores).
 LIKELIHOOD_SCORES = ("nll", "complexity", "llr", "typicality")
-# `auto` for a family with a likelihood: complexity survives the likelihood's preference for simple images.
-DEFAULT_SCORE = "complexity"
+# `auto` for a family with a likelihood: the likelihood ratio against a background model, the best
+# score on mean AUROC over the emoji tasks in both directions, and the only one never near chance there
+# (benchmarks/README.md, bench_ood). Where a fitted model has no background model, complexity (the
+# runner-up: it survives the likelihood's preference for simple images).
+DEFAULT_SCORE = "llr"
+FALLBACK_SCORE = "complexity"
 ENSEMBLE = "ensemble"
 
 
@@ -86,14 +90,15 @@ def needs_background(kind: str) -> bool:
 
 
 def resolve_score(kind: str, model: GenerativeModel | type[GenerativeModel]) -> str:
-    """The concrete score name for `kind`: `auto` is complexity for a family with a
-    likelihood, else its first raw score; anything else must be offered by the family."""
+    """The concrete score name for `kind`: `auto` is `llr` for a family with a likelihood (for a
+    fitted model: one that carries a background model), `complexity` for a fitted model without
+    one, else the family's first raw score; anything else must be offered by the family."""
     kind = kind.lower()
     offered = available_scores(model)
     if kind == "auto":
         if not offered:
             raise GenaugError(f"model family '{model.name}' has neither a likelihood nor a raw score to detect with")
-        return DEFAULT_SCORE if DEFAULT_SCORE in offered else offered[0]
+        return next((k for k in (DEFAULT_SCORE, FALLBACK_SCORE) if k in offered), offered[0])
     if kind not in offered:
         if kind == "llr" and "nll" in model.capabilities():
             raise GenaugError(

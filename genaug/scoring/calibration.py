@@ -87,6 +87,8 @@ def tail_p_values(scores: np.ndarray, *, tail: float = TAIL_FRACTION, trim: floa
         return p  # too few distinct tail scores to fit a tail: ranks only (flags nothing extreme)
     width = cut - u
 
+    # The optimiser may probe absurd scales; an infinite answer is fine there, a warning is noise.
+    @np.errstate(over="ignore", divide="ignore", invalid="ignore")
     def neg_log_posterior(shape: float, log_scale: float) -> float:
         # The GPD log density and log cdf in closed form: scipy.stats' per-call
         # overhead would make the hundreds of optimiser steps take seconds.
