@@ -93,7 +93,7 @@ def bench_self_audit(seed: int) -> dict:
     flagged = result.is_outlier
     return {
         "seed": seed,
-        "AUROC complexity": roc_auc_score(foreign, result.score),
+        "AUROC auto": roc_auc_score(foreign, result.score),
         "AUROC nll": roc_auc_score(foreign, result.bits_per_dim),
         "flagged": int(flagged.sum()),
         "recall": float(flagged[foreign].mean()),
