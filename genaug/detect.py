@@ -211,7 +211,7 @@ def detect_outliers(
     if score.lower() == "auto" and kind == FALLBACK_SCORE:
         warnings.append(
             f"auto scored {FALLBACK_SCORE}: the model has no background model for {DEFAULT_SCORE}, the default "
-            "score; refit without --no-llr (genaug.fit(..., llr=True)) to use it"
+            "score; refit with --llr, the default (genaug.fit(..., llr=True)), to use it"
         )
     if settings["mode"] == "reference" and contamination is None:
         warnings += bh_resolution_warning(settings["n_calibration"], len(data), fdr)
