@@ -42,6 +42,7 @@ from genaug.scoring import (
     FALLBACK_SCORE,
     RawScores,
     needs_background,
+    reads_background,
     resolve_score,
     score_images,
     score_values,
@@ -181,7 +182,10 @@ def detect_outliers(
         if options != scoring_options(cls, None, record.nll_options):
             raise GenaugError(f"the model was calibrated with {record.nll_options}; score with the same options")
         labels = data.label_tensor() if model.num_classes > 0 else None
-        raw = score_images(model, data.images, labels, nll_options=options, batch_size=batch_size, console=console)
+        raw = score_images(
+            model, data.images, labels, nll_options=options, batch_size=batch_size, console=console,
+            with_background=reads_background(kind),
+        )
         s = score_values(raw, kind, record.scores)
         p = conformal_p_values(score_values(record.scores, kind, record.scores), s)
         settings.update(mode="reference", model=model.name, model_hash=model_hash(model), n_calibration=record.size)

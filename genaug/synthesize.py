@@ -35,7 +35,7 @@ from genaug.limits import check_fits_in_memory
 from genaug.models.base import GenerativeModel
 from genaug.models.store import model_hash
 from genaug.progress import progress_bar
-from genaug.scoring import resolve_score, score_images, score_values
+from genaug.scoring import reads_background, resolve_score, score_images, score_values
 from genaug.scoring.calibration import benjamini_hochberg, check_fraction, conformal_p_values
 from genaug.scoring.record import CalibrationRecord
 
@@ -161,7 +161,9 @@ def synthesize(
             m = max(need + need // 4, 16)
             images, labels = draw(model, m, label=label, temperature=temperature, generator=generator)
             drawn += m
-            raw = score_images(model, images, labels, nll_options=record.nll_options, seed=seed)
+            raw = score_images(
+                model, images, labels, nll_options=record.nll_options, seed=seed, with_background=reads_background(kind)
+            )
             s = score_values(raw, kind, reference)
             p = conformal_p_values(cal_scores, s)
             keep = ~benjamini_hochberg(p, filter_fdr)

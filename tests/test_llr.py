@@ -174,6 +174,20 @@ def test_auto_is_llr_and_fit_trains_its_background_by_default(fitted, monkeypatc
     assert not any("background" in w for w in genaug.detect_outliers(data, model=plain, score="nll").warnings)
 
 
+def test_scores_that_do_not_read_the_background_skip_its_scoring_pass(fitted, trap, monkeypatch):
+    scoring = import_module("genaug.scoring")
+    passes = []
+    real = scoring.model_bits_per_dim
+    monkeypatch.setattr(scoring, "model_bits_per_dim", lambda m, *a, **k: passes.append(m) or real(m, *a, **k))
+    data, _ = trap
+    expected = {"complexity": 1, "nll": 1, "typicality": 1, "llr": 2, "ensemble": 2}
+    for kind, n_passes in expected.items():
+        passes.clear()
+        result = genaug.detect_outliers(data, model=fitted, score=kind)
+        assert len(passes) == n_passes, kind
+        assert np.isfinite(result.score).all()
+
+
 def test_llr_settings_are_checked_before_training(monkeypatch):
     monkeypatch.setattr(fit_module, "train", lambda *a, **k: pytest.fail("trained before checking"))
     data = ImageSet(inliers(20, 0))

@@ -89,6 +89,12 @@ def needs_background(kind: str) -> bool:
     return kind == "llr"
 
 
+def reads_background(kind: str) -> bool:
+    """Whether the (resolved) score reads the background model's bits/dim where the model carries
+    one: `llr`, and `ensemble`, which then combines `llr` too. Other scores skip its scoring pass."""
+    return kind in ("llr", ENSEMBLE)
+
+
 def resolve_score(kind: str, model: GenerativeModel | type[GenerativeModel]) -> str:
     """The concrete score name for `kind`: `auto` is `llr` for a family with a likelihood (for a
     fitted model: one that carries a background model), `complexity` for a fitted model without
@@ -117,16 +123,17 @@ def score_images(
     batch_size: int = 1024,
     seed: int = 0,
     console=None,
+    with_background: bool = True,
 ) -> RawScores:
     """Model bits/dim (where the family has a likelihood; the background model's too where the
-    model carries one), its raw scores, PNG bits/dim and PNG bytes.
+    model carries one, unless `with_background` is False), its raw scores, PNG bits/dim and PNG bytes.
 
     PNG encoding runs in worker threads while the model scores (zlib and
     torch both release the GIL), so the output images cost no extra pass.
     A progress bar is drawn on `console` when one is given.
     """
     caps = model.capabilities()
-    background = background_of(model) if "nll" in caps else None
+    background = background_of(model) if with_background and "nll" in caps else None
     if "nll" in caps:
         nll_options = model.check_nll_options(dict(nll_options or {}))
     n = images.shape[0]

@@ -41,7 +41,8 @@ from genaug.models.base import GenerativeModel, Player, Stage
 # Ren et al. found 0.1-0.3 best on images (Fashion-MNIST vs MNIST). Measured (one seed, VAE and
 # PixelCNN, mean AUROC of llr at 0.1 / 0.2 / 0.3): emoji style task, both directions, 0.62 / 0.68 /
 # 0.68; held-out digit classes (4 splits), 0.54 / 0.59 / 0.60. 0.1 is worst; 0.2, the middle of the
-# paper's range, ties with 0.3. (complexity: 0.67 and 0.69 on the same tasks, so llr is no default.)
+# paper's range, ties with 0.3. At 0.2, llr is `auto`'s choice on the wider emoji benchmark
+# (benchmarks/README.md, bench_ood).
 DEFAULT_MUTATION_RATE = 0.2
 
 
