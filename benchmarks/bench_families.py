@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from genaug.models.registry import build_model
+from photo_crops import random_crops
 from genaug.train import TrainConfig, resolve_device, train
 
 FAMILIES = ("vae", "ae", "pixelcnn", "gated-pixelcnn")
@@ -60,24 +60,13 @@ def photo_patches(n_train: int, n_test: int, seed: int) -> tuple[torch.Tensor, t
     tiles = []
     for img in load_sample_images().images:
         grey = torch.from_numpy(np.array(img, dtype=np.float32)) @ torch.tensor([0.299, 0.587, 0.114])
-        tiles += [grey[r : r + BLOCK, c : c + BLOCK]
+        tiles += [grey[None, r : r + BLOCK, c : c + BLOCK]
                   for r in range(0, grey.shape[0] - BLOCK + 1, BLOCK)
                   for c in range(0, grey.shape[1] - BLOCK + 1, BLOCK)]
     order = rng.permutation(len(tiles))
     n_test_tiles = max(1, len(tiles) // 5)
-    return (_crops([tiles[i] for i in order[n_test_tiles:]], n_train, rng),
-            _crops([tiles[i] for i in order[:n_test_tiles]], n_test, rng))
-
-
-def _crops(tiles: list[torch.Tensor], n: int, rng: np.random.Generator) -> torch.Tensor:
-    out = torch.empty(n, 1, 28, 28)
-    for i in range(n):
-        tile = tiles[rng.integers(len(tiles))]
-        side = int(rng.integers(28, BLOCK + 1))
-        top, left = (int(v) for v in rng.integers(0, BLOCK - side + 1, size=2))
-        crop = tile[top : top + side, left : left + side][None, None]
-        out[i] = F.interpolate(crop, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)[0]
-    return out.round().clamp(0, 255).to(torch.uint8)
+    return (random_crops([tiles[i] for i in order[n_test_tiles:]], n_train, 28, (28, BLOCK), rng),
+            random_crops([tiles[i] for i in order[:n_test_tiles]], n_test, 28, (28, BLOCK), rng))
 
 
 def emoji(path: Path) -> torch.Tensor:

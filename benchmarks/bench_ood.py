@@ -64,7 +64,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from genaug._version import __version__ as genaug_version
@@ -76,6 +75,7 @@ from genaug.models.registry import get_family
 from genaug.scoring import resolve_score, score_values
 from genaug.scoring.record import CalibrationRecord
 from genaug.train import TrainConfig, resolve_device
+from photo_crops import random_crops
 
 STYLES = ("google", "twitter")
 DEFAULT_NOVEL = ("Animals & Nature", "Flags")
@@ -146,15 +146,7 @@ def photo_crops(n: int, seed: int) -> torch.Tensor:
 
     rng = np.random.default_rng([seed, 7])
     photos = [torch.from_numpy(np.array(img)).permute(2, 0, 1).float() for img in load_sample_images().images]
-    out = torch.empty(n, 3, 32, 32)
-    for i in range(n):
-        img = photos[rng.integers(len(photos))]
-        side = int(rng.integers(PHOTO_CROP[0], PHOTO_CROP[1] + 1))
-        top = int(rng.integers(0, img.shape[1] - side + 1))
-        left = int(rng.integers(0, img.shape[2] - side + 1))
-        crop = img[None, :, top : top + side, left : left + side]
-        out[i] = F.interpolate(crop, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)[0]
-    return out.round().clamp(0, 255).to(torch.uint8)
+    return random_crops(photos, n, 32, PHOTO_CROP, rng)
 
 
 def category_index(spec: str, categories: list[str]) -> int:
