@@ -1,8 +1,20 @@
 """Rebalancing and synthesis benchmark: does genaug help a downstream classifier?
 
-    python benchmarks/bench_rebalance.py              # the figures in benchmarks/README.md
-    python benchmarks/bench_rebalance.py --seeds 1    # quicker
+    python benchmarks/bench_rebalance.py --emoji-dir ../shared/data   # the figures in benchmarks/README.md
+    python benchmarks/bench_rebalance.py --emoji-dir DIR --parts emoji --tasks night --seeds 1   # quicker
 
+0. Realistic tasks (`--emoji-dir`, see `rebalance_tasks.py`): emoji with a
+   rare group of 2% of the training images: dark skin tones (real), or a
+   constructed attribute (night: a quarter turn and dark; cast: a blue
+   colour cast; negative: 255 - x). A small CNN learns the emoji category with uniform
+   sampling, with oracle weights (each group, rare and common, drawn
+   equally: the true group labels), with the weights of every density
+   method on the same latents (one trimmed VAE per task and seed, trained
+   by `genaug.rebalance` as a user would), and with the default weights
+   plus `--synthesize` latent-SMOTE images. Printed per task: the rare
+   group's mean weight over the common group's, its share of the draws,
+   the effective sample size, and the classifier's accuracy on the rare and
+   on the common test group. Mean ± std over seeds.
 1. Constructed bias. scikit-learn's digits, split 70/30 per seed. In the
    training split 2% of the images carry a rare attribute (inverted:
    255 - x). A small CNN learns the digit class three ways: on the raw
@@ -22,7 +34,9 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,23 +46,26 @@ from torch.nn import functional as F
 import genaug
 from genaug.data.imageset import ImageSet
 from genaug.models.registry import available_families, get_family
+from genaug.rebalance import DEFAULT_METHOD, METHODS, effective_sample_size, sampling_weights
+from genaug.train import TrainConfig
+from rebalance_tasks import TASKS, build
 from tables import print_table
 
 RARE_SHARE = 0.02
 
 
-def classifier(num_classes: int = 10) -> nn.Module:
+def classifier(num_classes: int = 10, channels: int = 1, size: int = 8) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes),
+        nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2) if size > 8 else nn.Identity(), nn.Flatten(),
+        nn.Linear(64 * (size // 2 // (2 if size > 8 else 1)) ** 2, 128), nn.ReLU(), nn.Linear(128, num_classes),
     )
 
 
-def train_classifier(images, labels, *, weights=None, steps=600, seed=0) -> nn.Module:
+def train_classifier(images, labels, *, weights=None, steps=600, seed=0, num_classes=10) -> nn.Module:
     """A fixed budget of SGD steps; `weights` switch sampling to genaug's weights."""
     torch.manual_seed(seed)
-    net = classifier()
+    net = classifier(num_classes, images.shape[1], images.shape[-1])
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     x = images.float() / 255.0
@@ -121,6 +138,47 @@ def bias_experiment(seed: int, n_synth: int) -> list[dict]:
     return rows
 
 
+def emoji_experiment(emoji_dir: Path, style: str, task: str, seed: int, n_synth: int, time_limit: float,
+                     trim: float | None, steps: int) -> list[dict]:
+    """Every weighting on one task and seed; one row per training-data variant."""
+    t = build(emoji_dir, style, task, seed)
+    rare, k = t.rare, len(t.train.class_names)
+    start = time.perf_counter()
+    result = genaug.rebalance(t.train, synthesize=n_synth, seed=seed,
+                              train_config=TrainConfig(progress=False, seed=seed, time_limit=time_limit, trim_fraction=trim))
+    seconds = time.perf_counter() - start
+    oracle = np.where(rare, 0.5 / rare.mean(), 0.5 / (1 - rare.mean()))
+    weights = {"uniform": None, "oracle (group labels)": oracle}
+    for method in METHODS:
+        weights[method + (" (default)" if method == DEFAULT_METHOD else "")] = (
+            result.weights if method == DEFAULT_METHOD else sampling_weights(result.latents, method=method, seed=seed))
+    rows = []
+
+    def evaluate(name, net, w):
+        row = {"task": f"{style} {task}", "seed": seed, "training data": name,
+               "rare acc": accuracy(net, t.test_rare.images, t.test_rare.labels),
+               "common acc": accuracy(net, t.test_common.images, t.test_common.labels)}
+        if w is not None:
+            row.update({"rare weight ratio": w[rare].mean() / w[~rare].mean(), "rare share": w[rare].sum() / w.sum(),
+                        "ESS share": effective_sample_size(w) / len(w)})
+        rows.append(row)
+
+    for name, w in weights.items():
+        evaluate(name, train_classifier(t.train.images, t.train.labels, weights=w, seed=seed, steps=steps, num_classes=k), w)
+    if result.synthetic is not None:
+        synth = result.synthetic
+        w = np.concatenate([result.weights, np.full(len(synth), np.median(result.weights[result.weights > 1]))])
+        net = train_classifier(torch.cat([t.train.images, synth.images]), np.concatenate([t.train.labels, synth.labels]),
+                               weights=w, seed=seed, steps=steps, num_classes=k)
+        evaluate(f"{DEFAULT_METHOD} + {len(synth)} synthesized", net, None)
+    rows[0]["rebalance s"] = seconds
+    print(f"[{time.strftime('%H:%M:%S')}] {style} {task} seed {seed}: "
+          + "; ".join(f"{r['training data']} rare {r['rare acc']:.3f} common {r['common acc']:.3f}"
+                      + (f" ratio {r['rare weight ratio']:.2f}" if "rare weight ratio" in r else "") for r in rows),
+          file=sys.stderr, flush=True)
+    return rows
+
+
 def cas_experiment(seed: int, per_class: int) -> list[dict]:
     digits = genaug.load_images("digits")
     rng = np.random.default_rng(seed)
@@ -158,11 +216,38 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--synthesize", type=int, default=200, help="latent-SMOTE images added")
     parser.add_argument("--per-class", type=int, default=150, help="samples per class for CAS")
+    parser.add_argument("--emoji-dir", type=Path, help="folder with emoji-<style>-32.npz (the realistic tasks)")
+    parser.add_argument("--styles", nargs="+", default=["google"], choices=["google", "twitter"])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--parts", nargs="+", default=["emoji", "digits", "cas"], choices=["emoji", "digits", "cas"])
+    parser.add_argument("--time-limit", type=float, default=1.0, help="minutes of VAE training per task and seed")
+    parser.add_argument("--trim", type=float, default=None, help="trimmed share for the VAE (default: rebalance's)")
+    parser.add_argument("--steps", type=int, default=600, help="classifier steps (batch 64)")
     args = parser.parse_args()
     print(f"# {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    bias = [r for s in range(args.seeds) for r in bias_experiment(s, args.synthesize)]
-    print("\n## downstream classifier on digits with 2% inverted images (mean ± std over seeds)\n")
-    print_table(summarise(bias, "training data", ["rare acc", "common acc", "overall acc", "rare weight ratio", "rare share after", "rebalance s"]))
+    if "emoji" in args.parts:
+        if args.emoji_dir is None:
+            parser.error("the emoji part needs --emoji-dir (or leave it out with --parts digits cas)")
+        print(f"\n## emoji tasks: category classifier, rare group 2% of training (mean ± std over {args.seeds} seeds; "
+              f"VAE {args.time_limit} min, trim {args.trim if args.trim is not None else 'default'})")
+        for style in args.styles:
+            for task in args.tasks:
+                rows = [r for s in range(args.seeds) for r in emoji_experiment(
+                    args.emoji_dir, style, task, s, args.synthesize, args.time_limit, args.trim, args.steps)]
+                print(f"\n### {style} {task}\n")
+                print_table(summarise(rows, "training data", ["rare acc", "common acc", "rare weight ratio", "rare share",
+                                                                "ESS share", "rebalance s"]))
+    if "digits" not in args.parts and "cas" not in args.parts:
+        print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        return
+    bias = [r for s in range(args.seeds) for r in bias_experiment(s, args.synthesize)] if "digits" in args.parts else []
+    if bias:
+        print("\n## downstream classifier on digits with 2% inverted images (mean ± std over seeds)\n")
+        print_table(summarise(bias, "training data", ["rare acc", "common acc", "overall acc", "rare weight ratio",
+                                                        "rare share after", "rebalance s"]))
+    if "cas" not in args.parts:
+        print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        return
     cas = [r for s in range(args.seeds) for r in cas_experiment(s, args.per_class)]
     print("\n## classification accuracy score: trained on samples only, tested on real digits\n")
     print_table(summarise(cas, "family", ["CAS"]))

@@ -616,8 +616,19 @@ def rebalance(
     model_path: Annotated[Optional[Path], typer.Option(help="Fitted checkpoint; without it a model is trained on DATA.")] = None,
     family: Family = "vae",
     density: Annotated[
-        str, typer.Option(help="Latent density: kde or gmm (joint), histogram (per dimension, as DB-VAE).")
-    ] = "kde",
+        str,
+        typer.Option(
+            help="How rarity is measured in the model's features: clusters (k-means clusters drawn equally: "
+            "rare groups), mixture (the same with a Gaussian mixture), knn (distance to the neighbour 5% of the "
+            "images away: rare groups and isolated images, but thins the common ones), kde or gmm (joint density: "
+            "isolated images only), histogram (per dimension, as DB-VAE)."
+        ),
+    ] = "clusters",
+    components: Annotated[
+        Optional[int],
+        typer.Option(help="Groups for mixture and clusters and for the up-weighted-groups report (default 8); "
+                     "components for gmm."),
+    ] = None,
     bins: Annotated[int, typer.Option(help="Histogram bins per latent dimension.")] = 10,
     alpha: Annotated[
         Optional[float], typer.Option(help="Smoothing: larger = closer to uniform weights (default: per density).")
@@ -665,6 +676,7 @@ def rebalance(
         bins=bins,
         alpha=alpha,
         aggregate=aggregate,
+        components=components,
         per_class=per_class,
         size=size,
         synthesize=synthesize,
@@ -672,10 +684,33 @@ def rebalance(
         console=None if quiet else err,
     )
     result.write(output, command=_command_line(), resampled_path=resampled)
+    for warning in result.warnings:
+        err.print(Text.assemble(("warning:", "yellow"), " ", inert(warning)))
+    _print_groups(result.groups)
     out.print(str(result.summary), highlight=False)
     extra = f" + {synthesize} synthetic rows" if synthesize else ""
     also = f"; resample -> {resampled}" if resampled is not None else ""
     out.print(f"wrote {len(images)} weighted rows{extra} -> {output}{also}", highlight=False)
+
+
+def _print_groups(groups: list[dict], shown: int = 5) -> None:
+    """The up-weighted groups, highest weight first, with a few example ids."""
+    if not groups:
+        out.print("no group up-weighted", highlight=False)
+        return
+    out.print(f"up-weighted {len(groups)} group(s):", highlight=False)
+    for g in groups[:shown]:
+        out.print(
+            Text.assemble(
+                "  ",
+                inert(g["group"]),
+                f": {g['size']} images, weight {g['mean_weight']:.1f}x, "
+                f"drawn {g['share_before']:.1%} -> {g['share_after']:.1%}; e.g. ",
+                inert(", ".join(g["examples"][:3])),
+            )
+        )
+    if len(groups) > shown:
+        out.print(f"  ... and {len(groups) - shown} more (all in the output's metadata)", highlight=False)
 
 
 @app.command()
