@@ -890,15 +890,17 @@ def _job_groups(z: np.ndarray, data: ImageSet, per_class: bool, density: str, co
     """(group index [N], group names) for the report: the density's own groups, else a mixture's;
     within each label with `per_class`."""
     method = density if density in GROUP_METHODS else "mixture"
-    if not per_class:
-        return _groups_of(z, method, components, seed), [f"group {k}" for k in range(DEFAULT_COMPONENTS if components is None else components)]
+    labels = data.labels if per_class else np.zeros(len(z), dtype=np.int64)
     group_of, names = np.empty(len(z), dtype=np.int64), []
-    for label in np.unique(data.labels):
-        members = np.flatnonzero(data.labels == label)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
         g = _groups_of(z[members], method, components, seed)
         group_of[members] = g + len(names)
-        name = data.class_names[label] if data.class_names and 0 <= label < len(data.class_names) else str(label)
-        names += [f"{name} / group {k}" for k in range(int(g.max()) + 1)]
+        prefix = ""
+        if per_class:
+            known = data.class_names and 0 <= label < len(data.class_names)
+            prefix = f"{data.class_names[label] if known else label} / "
+        names += [f"{prefix}group {k}" for k in range(int(g.max()) + 1)]
     return group_of, names
 
 

@@ -407,8 +407,7 @@ def detect_outliers(
 
         settings = {"version": __version__, "job": "detect-outliers", "command": _command_line(), **result.settings}
         write_report(table, report, settings=settings, class_names=result.data.class_names, title=f"genaug report: {output.name}")
-    for warning in result.warnings:
-        err.print(Text.assemble(("warning:", "yellow"), " ", inert(warning)))
+    _print_warnings(result.warnings)
     _print_top(result, top)
     rule = result.settings["flag_rule"]
     out.print(
@@ -684,13 +683,18 @@ def rebalance(
         console=None if quiet else err,
     )
     result.write(output, command=_command_line(), resampled_path=resampled)
-    for warning in result.warnings:
-        err.print(Text.assemble(("warning:", "yellow"), " ", inert(warning)))
+    _print_warnings(result.warnings)
     _print_groups(result.groups)
     out.print(str(result.summary), highlight=False)
     extra = f" + {synthesize} synthetic rows" if synthesize else ""
     also = f"; resample -> {resampled}" if resampled is not None else ""
     out.print(f"wrote {len(images)} weighted rows{extra} -> {output}{also}", highlight=False)
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    """Each of a job's warnings on stderr, one line each."""
+    for warning in warnings:
+        err.print(Text.assemble(("warning:", "yellow"), " ", inert(warning)))
 
 
 def _print_groups(groups: list[dict], shown: int = 5) -> None:
