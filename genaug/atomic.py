@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from genaug import interrupt
 from genaug.errors import GenaugError
 
 # Most filesystems cap one name at 255 bytes; the temp name must fit too.
@@ -45,6 +46,12 @@ def temp_path(target: str | os.PathLike, kind: str = "tmp") -> Path:
         raise ValueError(f"kind must be one of {_KINDS}")
     target = Path(target)
     return target.with_name(f"{_prefix(target)}{os.getpid()}-{uuid.uuid4().hex[:12]}.{kind}")
+
+
+def commit(tmp: Path, target: Path) -> None:
+    """Rename the finished temp file `tmp` over `target`, unless a Ctrl-C came (see genaug.interrupt)."""
+    interrupt.check()
+    os.replace(tmp, target)
 
 
 def clean_stale(target: str | os.PathLike) -> list[Path]:

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from genaug.atomic import clean_stale, temp_path
+from genaug.atomic import clean_stale, commit, temp_path
 from genaug.errors import GenaugError, first_line
 
 METADATA_KEY = "genaug"
@@ -81,7 +81,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
             # through a temp file of its own naming, which a killed run would
             # leave behind where clean_stale cannot recognise it.
             _write_bytes(tmp, save(clean, metadata={METADATA_KEY: text}))
-            os.replace(tmp, path)
+            commit(tmp, path)
         except BaseException:
             try:
                 tmp.unlink(missing_ok=True)

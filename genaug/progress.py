@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from genaug import interrupt
 from genaug.terminal import markup_safe
 
 
@@ -15,10 +16,15 @@ from genaug.terminal import markup_safe
 def progress_bar(console: Console | None, description: str, total: int) -> Iterator[Callable[[int], None]]:
     """Yield `advance(n)`; draws a bar on `console` (stderr in the CLI), nothing when it is None."""
     if console is None:
-        yield lambda n: None
+        yield lambda n: interrupt.check()
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         # Descriptions may quote user text (a recipe path); progress bars read markup.
         task = bar.add_task(markup_safe(description), total=total)
-        yield lambda n: bar.advance(task, n)
+
+        def advance(n: int) -> None:
+            interrupt.check()  # long work stops at a Ctrl-C even if a library swallowed it
+            bar.advance(task, n)
+
+        yield advance

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from genaug.parquet_meta import genaug_metadata
 from genaug._version import __version__
-from genaug.atomic import check_output, clean_stale, temp_path
+from genaug.atomic import check_output, clean_stale, commit, temp_path
 from genaug.errors import GenaugError, first_line
 from genaug.terminal import inert
 
@@ -78,7 +78,7 @@ class Report:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(self.html.encode("utf-8"))
-            os.replace(tmp, path)
+            commit(tmp, path)
         except OSError as e:
             raise GenaugError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         finally:

@@ -30,6 +30,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from genaug import interrupt
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel, Losses, Player, Stage, bits_per_dim
 
@@ -388,6 +389,7 @@ def _train_epoch(run: _Run, players, optimizers, ema, deadline: float | None) ->
     while not done:
         for player, optimizer in zip(players, optimizers):
             for _ in range(player.steps):
+                interrupt.check()  # a Ctrl-C a library swallowed still stops training
                 batch = next(batches, None)
                 if batch is None:
                     done = True

@@ -14,6 +14,9 @@ INTERRUPTED_EXIT_CODE = 130
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
+    from genaug import interrupt  # no imports of its own: installed before anything slow
+
+    interrupt.install()
     try:
         from genaug.cli.app import main as run
 
@@ -22,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         leave(INTERRUPTED_EXIT_CODE, "interrupted")
     if code == INTERRUPTED_EXIT_CODE:  # the app said "interrupted" already
         leave(code)
+    if interrupt.received():  # caught and dropped by a library after the last check
+        leave(INTERRUPTED_EXIT_CODE, "interrupted")
     return code
 
 

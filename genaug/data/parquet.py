@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from genaug.atomic import check_output, clean_stale, temp_path
+from genaug.atomic import check_output, clean_stale, commit, temp_path
 from genaug.data.imageset import ImageSet
 from genaug import parquet_meta
 from genaug.errors import GenaugError, first_line
@@ -238,7 +238,7 @@ def _replace_all(moves: list[tuple[Path, Path]]) -> None:
                 if len(moves) > 1 and target.exists():
                     backup = temp_path(target, "old")
                     os.replace(target, backup)
-                os.replace(tmp, target)
+                commit(tmp, target)
             except BaseException as e:  # an interrupt too: the old file goes back
                 if backup is not None and not target.exists():
                     os.replace(backup, target)

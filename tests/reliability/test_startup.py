@@ -49,3 +49,37 @@ def test_ctrl_c_is_one_line_and_exit_130(library, delay, tmp_path):
     assert stderr.endswith("\ninterrupted\n") or stderr == "interrupted\n", stderr
     assert stderr.count("interrupted") == 1 and "Traceback" not in stderr, stderr
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+# A library that catches the KeyboardInterrupt and carries on, as mpmath's
+# `try: import gmpy2 except:` does while torch's first optimizer imports it.
+SWALLOWING_RUN = """
+import os, signal, sys, time
+import genaug.train
+from genaug.cli import main
+
+real_train = genaug.train.train
+
+def train(*args, **kwargs):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    except:  # noqa: E722  (the library's bare except)
+        pass
+    return real_train(*args, **kwargs)
+
+genaug.train.train = train
+import genaug.fit
+genaug.fit.train = train
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_that_a_library_swallows_still_stops_the_job(tmp_path):
+    out = tmp_path / "o.parquet"
+    cmd = [sys.executable, "-c", SWALLOWING_RUN, "detect-outliers", "digits", "-o", str(out), "--epochs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.endswith("interrupted\n") and done.stderr.count("interrupted") == 1, done.stderr
+    assert "trained" not in done.stderr, "training went on after the interrupt"
+    assert list(tmp_path.iterdir()) == []
