@@ -154,9 +154,9 @@ def test_nll_and_training_loss_agree(cls, shape):
 
 
 @pytest.mark.parametrize("cls", FAMILIES)
-def test_declares_an_exact_likelihood_and_sampling_without_latents(cls):
+def test_declares_an_exact_likelihood_sampling_and_completion_without_latents(cls):
     assert cls.likelihood == "exact" and cls.latent == "none" and cls.nll_options == {}
-    assert cls.capabilities() == {"nll", "sample"}
+    assert cls.capabilities() == {"nll", "sample", "complete"}
 
 
 @pytest.mark.parametrize("cls", FAMILIES)

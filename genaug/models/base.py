@@ -133,8 +133,8 @@ class GenerativeModel(nn.Module):
     def capabilities(cls) -> frozenset[str]:
         """What the family can do, from its declarations and overridden methods.
 
-        Names: "nll", "encode", "decode", "features", "sample", and
-        "raw:<score>" for each extra score.
+        Names: "nll", "encode", "decode", "features", "sample", "complete",
+        and "raw:<score>" for each extra score.
         """
         caps = set()
         if cls.likelihood != "none":
@@ -145,6 +145,8 @@ class GenerativeModel(nn.Module):
             caps.add("features")
         if _overrides(cls, "sample"):
             caps.add("sample")
+        if _overrides(cls, "complete"):
+            caps.add("complete")
         caps |= {f"raw:{n}" for n in cls.raw_score_names}
         return frozenset(caps)
 
@@ -248,6 +250,20 @@ class GenerativeModel(nn.Module):
         samplers; `options` are the family's own (temperature, steps, ...).
         """
         raise self._missing("sample")
+
+    def complete(
+        self,
+        x: Tensor,
+        keep: Tensor,
+        y: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int], None] | None = None,
+        **options,
+    ) -> Tensor:
+        """uint8 [B, C, H, W]: `x` with the subpixels where `keep` (bool, broadcastable to `x`)
+        is False drawn by the model given the rest; kept subpixels unchanged."""
+        raise self._missing("completion")
 
     def _missing(self, what: str) -> GenaugError:
         return GenaugError(f"model family '{self.name}' does not support {what}")
