@@ -26,6 +26,7 @@ from genaug._version import __version__
 # public name -> module that defines it
 _EXPORTS = {
     "augment": "genaug.augment",
+    "complete": "genaug.completion",
     "ImageSet": "genaug.data.imageset",
     "load_images": "genaug.data.readers",
     "DetectionResult": "genaug.detect",

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from genaug._version import __version__
-from genaug.errors import GenaugError
+from genaug.errors import GenaugError, first_line
 from genaug.terminal import SafeConsole, inert
 
 app = typer.Typer(
@@ -548,25 +548,71 @@ def _info_dataset(path: str, image_size, mode, image_column, label_column, allow
 @handles_errors
 def synthesize(
     model_path: Annotated[Path, typer.Option(help="Fitted checkpoint to sample from.")],
-    n: Annotated[int, typer.Option("-n", "--n", help="Number of synthetic images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
+    n: Annotated[Optional[int], typer.Option("-n", "--n", help="Number of synthetic images (not with --complete).")] = None,
     label: Annotated[Optional[str], typer.Option(help="Class (index or name) to sample; needs a conditional model.")] = None,
     temperature: Annotated[float, typer.Option(help="Prior temperature: <1 safer, >1 more diverse.")] = 1.0,
     filter_fdr: Annotated[
         Optional[float], typer.Option(help="Reject samples BH flags as outliers against the real data at this FDR.")
     ] = None,
+    complete: Annotated[
+        Optional[str],
+        typer.Option(
+            "--complete",
+            help="Complete these images instead (folder, .parquet, .npz or digits, read at the model's size): "
+            "keep the top rows, draw the rest. Autoregressive families.",
+        ),
+    ] = None,
+    keep_rows: Annotated[
+        Optional[int], typer.Option(help="With --complete: rows kept from the top of each image (default: half).")
+    ] = None,
+    keep_mask: Annotated[
+        Optional[Path],
+        typer.Option(help="With --complete: a grey image of the model's size; white (>= 128) pixels are kept."),
+    ] = None,
+    completions: Annotated[int, typer.Option(help="With --complete: completions drawn per image.", min=1)] = 1,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
+    id_column: IdColumn = None,
+    allow_outside_root: AllowOutsideRoot = False,
+    max_pixels: MaxPixels = None,
     device: Device = "auto",
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Sample N synthetic images from a fitted model into a Parquet file."""
-    from genaug.data.parquet import write_image_table
+    """Sample N synthetic images from a fitted model into a Parquet file, or complete real images (--complete)."""
+    completion_only = {"--keep-rows": keep_rows, "--keep-mask": keep_mask}
+    if complete is None:
+        given = [name for name, value in completion_only.items() if value is not None]
+        if given or completions != 1:
+            raise GenaugError(f"{', '.join(given) or '--completions'} needs --complete DATA")
+        if n is None:
+            raise GenaugError("give -n (the number of images to sample), or --complete DATA")
+    elif n is not None or filter_fdr is not None or label is not None:
+        raise GenaugError("--complete draws --completions per input image; it takes no -n, --label or --filter-fdr")
+    _check_output(output, ("--model-path", model_path), ("--complete", complete), ("--keep-mask", keep_mask))
+    from genaug.data.parquet import write_image_table  # torch: after the checks that need none
     from genaug.models.store import load_model
     from genaug.synthesize import synthesize as run_synthesis
     from genaug.train import resolve_device
 
-    _check_output(output, ("--model-path", model_path))
     model = load_model(model_path, device=resolve_device(device))
+    if complete is not None:
+        from genaug.completion import complete as run_completion
+
+        c, h, w = model.image_shape
+        type(model).require("complete", job="--complete")
+        data = _load(complete, f"{h}x{w}", "gray" if c == 1 else "rgb", image_column, label_column, id_column,
+                     allow_outside_root, max_pixels)  # fmt: skip
+        mask = None if keep_mask is None else _read_keep_mask(keep_mask, (h, w))
+        result = run_completion(
+            model, data, keep_rows=keep_rows, mask=mask, completions=completions, temperature=temperature,
+            seed=seed, console=None if quiet else err,
+        )  # fmt: skip
+        result.settings.update(model_path=str(model_path), data=str(complete))
+        result.write(output, command=_command_line(), version=__version__)
+        out.print(f"wrote {len(result.data)} completions of {len(data)} images -> {output}", highlight=False)
+        return
     result = run_synthesis(
         model,
         n,
@@ -593,6 +639,22 @@ def synthesize(
     )
     kept = f" (kept {n} of {result.n_drawn} drawn)" if filter_fdr is not None else ""
     out.print(f"wrote {n} synthetic images{kept} -> {output}", highlight=False)
+
+
+def _read_keep_mask(path: Path, size: tuple[int, int]):
+    """The --keep-mask image as bool [H, W] (white = keep); its size must be the model's."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.size != (size[1], size[0]):  # PIL gives (W, H); checked before decoding
+                raise GenaugError(
+                    f"--keep-mask {path} is {image.size[1]}x{image.size[0]} but the model's images are {size[0]}x{size[1]}"
+                )
+            return np.asarray(image.convert("L")) >= 128
+    except (OSError, UnidentifiedImageError) as e:
+        raise GenaugError(f"cannot read --keep-mask {path}: {first_line(e)}") from None
 
 
 def _class_index(label: str | None, class_names: list[str] | None) -> int | None:

@@ -164,7 +164,7 @@ def hf_features(schema: pa.Schema, class_names: list[str] | None = None) -> dict
     """
     features = {}
     for field in schema:
-        if field.name == "image" and field.type == IMAGE_TYPE:
+        if field.type == IMAGE_TYPE:  # `image`, and e.g. a completion's `original` beside it
             features[field.name] = {"_type": "Image"}
         elif field.name == "label" and class_names and pa.types.is_integer(field.type):
             features[field.name] = {"names": list(class_names), "_type": "ClassLabel"}

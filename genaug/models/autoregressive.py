@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import torch
@@ -269,7 +270,7 @@ class AutoregressiveModel(GenerativeModel):
         if self.num_classes > 0 and y is None:
             y = torch.randint(self.num_classes, (n,), generator=generator, device=self.device)
         y = self.check_labels(y, n)
-        with torch.inference_mode():
+        with torch.inference_mode(), evaluating(self):
             return sample_autoregressive(
                 self, n, y, generator=generator, progress=progress, temperature=float(temperature), sampler=sampler
             )
@@ -301,11 +302,22 @@ class AutoregressiveModel(GenerativeModel):
         except RuntimeError:
             raise GenaugError(f"a completion mask of shape {tuple(keep.shape)} does not fit images {tuple(x.shape)}") from None
         y = self.check_labels(y, x.shape[0])
-        with torch.inference_mode():
+        with torch.inference_mode(), evaluating(self):
             return sample_autoregressive(
                 self, x.shape[0], y, generator=generator, progress=progress, temperature=float(temperature),
                 sampler=sampler, known=x.to(self.device), keep=keep,
             )  # fmt: skip
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module):
+    """Eval mode (no dropout) while sampling; the caller's mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def draw_categorical(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
