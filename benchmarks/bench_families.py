@@ -19,7 +19,9 @@ split: bits/dim from `model.nll` (the VAE's ELBO and its IWAE bound with
 `--iwae-k` samples; exact for the autoregressive families), the AE's
 reconstruction RMSE in pixel levels (0..255), scoring img/s (`nll`, or the
 AE's `recon`, at batch 512 under `torch.inference_mode`) and sampling
-seconds per image (`model.sample` of `--samples` images).
+seconds per image (`model.sample` of `--samples` images; the fast cached
+sampler for the autoregressive families, see bench_sampling.py for naive
+vs fast).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from genaug.models.registry import build_model
 from photo_crops import random_crops
 from genaug.train import TrainConfig, resolve_device, train
 
-FAMILIES = ("vae", "ae", "pixelcnn", "gated-pixelcnn")
+FAMILIES = ("vae", "ae", "pixelcnn", "gated-pixelcnn", "pixelcnn++", "pixelrnn")
 SETS = ("digits", "grey28", "emoji-google", "emoji-twitter")
 
 
@@ -106,14 +108,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_family(family: str, train_x, test_x, args, device: torch.device) -> dict:
-    model = build_model(family, tuple(train_x.shape[1:]))
+def parse_family(spec: str) -> tuple[str, dict]:
+    """`pixelrnn:variant=diagonal,layers=4` -> ("pixelrnn", {"variant": "diagonal", "layers": 4})."""
+    family, _, rest = spec.partition(":")
+    options = {}
+    for pair in filter(None, rest.split(",")):
+        key, _, value = pair.partition("=")
+        options[key] = int(value) if value.lstrip("-").isdigit() else value
+    return family, options
+
+
+def bench_family(spec: str, train_x, test_x, args, device: torch.device) -> dict:
+    family, options = parse_family(spec)
+    model = build_model(family, tuple(train_x.shape[1:]), **options)
     config = TrainConfig(epochs=100_000, time_limit=args.time_limit, patience=10_000, device=args.device,
                          seed=args.seed, progress=False)
     report = train(model, train_x, config=config)  # trains in place, keeps the best weights
     model.eval()
     dims = model.num_dims
-    row = {"family": family, "params": f"{sum(p.numel() for p in model.parameters()) / 1e3:,.0f}k",
+    row = {"family": spec, "params": f"{sum(p.numel() for p in model.parameters()) / 1e3:,.0f}k",
            "epochs": report.epochs_run, "train img/s": report.images_per_second}
     gen = torch.Generator(device=device).manual_seed(args.seed)
     if model.likelihood != "none":
@@ -141,7 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--emoji-dir", type=Path, help="folder with emoji-google-32.npz and emoji-twitter-32.npz")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES),
+                        help="families, each optionally FAMILY:KEY=VALUE,... (e.g. pixelrnn:variant=diagonal)")
     parser.add_argument("--time-limit", type=float, default=2.0, help="training minutes per family (default 2)")
     parser.add_argument("--iwae-k", type=int, default=64)
     parser.add_argument("--samples", type=int, default=8, help="images sampled per family (at least 64 for non-AR)")
