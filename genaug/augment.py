@@ -55,6 +55,7 @@ import yaml
 from rich.console import Console
 
 from genaug.data.imageset import ImageSet
+from genaug.data.readers import as_imageset
 from genaug.errors import GenaugError, first_line
 from genaug.limits import check_fits_in_memory
 from genaug.progress import progress_bar
@@ -291,6 +292,7 @@ def augment(
     `<source id>#aug<copy>`; `paths` is None (the pixels are new); `source` is
     `augment:<recipe>`.
     """
+    imageset = as_imageset(imageset)
     images, source_index = augment_images(imageset.images, recipe, copies=copies, seed=seed, progress=progress)
     n = len(imageset)
     data = ImageSet(

@@ -25,6 +25,7 @@ import torch
 from rich.console import Console
 
 from genaug.data.imageset import ImageSet
+from genaug.data.readers import as_imageset
 from genaug.data.parquet import IMAGE_TYPE, encode_png, image_table, write_table
 from genaug.errors import GenaugError
 from genaug.limits import check_fits_in_memory
@@ -118,6 +119,7 @@ def complete(
     A conditional model completes each image as its own label's class when
     `data` has labels. The same `seed` gives the same completions.
     """
+    data = as_imageset(data)
     type(model).require("complete", job="completion")
     if tuple(data.shape) != tuple(model.image_shape):
         raise GenaugError(

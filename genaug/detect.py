@@ -31,6 +31,7 @@ from rich.text import Text
 
 from genaug._version import __version__
 from genaug.data.imageset import ImageSet
+from genaug.data.readers import as_imageset
 from genaug.data.parquet import image_table, write_table
 from genaug.errors import GenaugError
 from genaug.fit import check_llr, new_model, scoring_options, train_background, train_on
@@ -158,6 +159,7 @@ def detect_outliers(
     `DEFAULT_MUTATION_RATE`; a fitted model keeps its own). Flags by BH at `fdr`
     unless `contamination` (share of images to flag) is given.
     """
+    data = as_imageset(data)
     check_fraction("fdr", fdr)
     if contamination is not None:
         check_fraction("contamination", contamination)

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from genaug._version import __version__
 from genaug.data.imageset import ImageSet
+from genaug.data.readers import as_imageset
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel
 from genaug.models.registry import build_model, get_family
@@ -158,6 +159,7 @@ def fit(
     The returned model is ready for `detect_outliers(..., model=model)`,
     `rebalance`, `synthesize`, or `save_model`.
     """
+    data = as_imageset(data)
     check_fraction("calibration-fraction", calibration_fraction)
     # Everything the job will need is checked before any training.
     cls = get_family(family)

@@ -72,6 +72,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from genaug._version import __version__
 from genaug.data.imageset import ImageSet
+from genaug.data.readers import as_imageset
 from genaug.data.parquet import image_table, write_tables
 from genaug.errors import GenaugError
 from genaug.fit import new_model, train_on
@@ -817,6 +818,7 @@ def rebalance(
     each drawn in proportion to its weight. `per_class` finds groups and weights within
     each label.
     """
+    data = as_imageset(data)
     # Check the cheap things before training a model.
     _check_choice("density", density, METHODS)
     _check_choice("aggregate", aggregate, AGGREGATES)

@@ -125,8 +125,9 @@ BUILTIN_DATASETS: dict[str, Callable[[], ImageSet]] = {"digits": _digits}
 
 
 def load_images(
-    source: str | os.PathLike,
+    source,
     *,
+    labels=None,
     image_size: int | tuple[int, int] | None = None,
     mode: str | None = None,
     image_column: str | None = None,
@@ -135,7 +136,11 @@ def load_images(
     allow_outside_root: bool = False,
     max_pixels: int | None = None,
 ) -> ImageSet:
-    """Read a folder, `.parquet`, `.npz`, single image file or built-in name into an ImageSet.
+    """Read a dataset into an ImageSet: a folder, `.parquet`, `.npz`, single image file or
+    built-in name, a URI (`file://`, or any fsspec filesystem: `s3://`, `gs://`, `memory://`),
+    or an object in memory: an `ImageSet`, a uint8 array or tensor (`[N, H, W]`,
+    `[N, H, W, C]` or `[N, C, H, W]`, with `labels=`), a Hugging Face `datasets.Dataset`
+    or a torch `Dataset` (see `genaug.data.objects`).
 
     `image_size` (N or (H, W)) resizes every image; `mode` ("gray"/"L" or
     "rgb") forces the channels, otherwise gray stays 1 channel and any colour
@@ -164,6 +169,35 @@ def load_images(
             f"image size {size[0]}x{size[1]} ({size[0] * size[1]:,} pixels) is above the cap of {cap:,} pixels; "
             "pass --max-pixels to raise it"
         )
+    if labels is not None and not isinstance(source, (np.ndarray, torch.Tensor)):
+        raise GenaugError("labels= goes with an array or tensor of images; other inputs carry their own labels")
+    from genaug.data import objects, remote
+
+    if isinstance(source, ImageSet):
+        if size is None and target_mode in (None, _mode_of(source.images)):
+            return source
+        read = list(source.images), source.labels, source.class_names, source.ids, source.paths
+        return _finish(read, size, target_mode, source.source)
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return _finish(objects.read_array(source, labels, cap), size, target_mode, "array")
+    if objects.is_hf_dataset(source):
+        read = objects.read_hf_dataset(source, image_column, label_column, id_column, cap)
+        return _finish(read, size, target_mode, "dataset")
+    if objects.is_torch_dataset(source):
+        return _finish(objects.read_torch_dataset(source, cap), size, target_mode, objects.describe(source))
+    if not isinstance(source, (str, os.PathLike)):
+        raise GenaugError(
+            f"cannot read images from {objects.describe(source)!r} input; give a path or URI, an ImageSet, a uint8 "
+            "array or tensor, a Hugging Face datasets.Dataset or a torch Dataset"
+        )
+    if remote.is_uri(source):
+        local = remote.local_path(source)
+        if local is None:
+            with remote.staged(source, IMAGE_EXTENSIONS | PARQUET_EXTENSIONS | {".npz"}) as copy:
+                read = (_read_folder(copy, False, cap) if copy.is_dir()
+                        else _read_file(copy, image_column, label_column, id_column, False, cap))  # fmt: skip
+            return _finish(_without_paths(read), size, target_mode, source)
+        source = local
     path = Path(source)
     if path.is_dir():
         read = _read_folder(path, allow_outside_root, cap)
@@ -180,6 +214,12 @@ def load_images(
             f"no such file, folder or built-in dataset: {source} (built-ins: {', '.join(BUILTIN_DATASETS)})"
         )
     return _finish(read, size, target_mode, str(path))
+
+
+def _without_paths(read: _Read) -> _Read:
+    """A read of a temp copy: its file paths are gone once read, so none is kept."""
+    tensors, labels, names, ids, _ = read
+    return tensors, labels, names, ids, None
 
 
 def _read_file(path: Path, image_column, label_column, id_column, allow_outside: bool, cap: int) -> _Read:
@@ -360,56 +400,91 @@ def _read_parquet(path: Path, image_column, label_column, id_column, allow_outsi
         schema = pq.read_schema(path)
     except errors as e:
         raise GenaugError(f"cannot read Parquet file {path}: {first_line(e)}") from None
+    image_name, label_name, id_name = _pick_columns(schema, image_column, label_column, id_column, str(path))
+    wanted = list(dict.fromkeys(c for c in (image_name, label_name, id_name) if c is not None))
+    try:
+        table = pq.read_table(path, columns=wanted)
+    except errors as e:
+        raise GenaugError(f"cannot read Parquet file {path}: {first_line(e)}") from None
+    hf_names = None if label_name is None else _hf_class_names(schema.metadata, label_name, path)
+    return read_table(
+        table, image_name, label_name, id_name, where=str(path), stem=path.stem, root=os.path.realpath(path.parent),
+        allow_outside=allow_outside, cap=cap, class_names=hf_names,
+    )  # fmt: skip
+
+
+def _pick_columns(schema, image_column, label_column, id_column, where: str) -> tuple[str, str | None, str | None]:
+    """(image, label, id) column names of a table: as given (checked), else guessed."""
     columns = schema.names
 
     def pick(given: str | None, guess: str | None, what: str) -> str | None:
         if given is not None and given not in columns:
-            raise GenaugError(f"{what} column '{given}' not found in {path}; columns: {shown_names(columns)}")
+            raise GenaugError(f"{what} column '{given}' not found in {where}; columns: {shown_names(columns)}")
         return given if given is not None else guess
 
     image_name = pick(image_column, _guess_image_column(schema), "image")
     if image_name is None:
-        raise GenaugError(f"no image column found in {path}; columns: {shown_names(columns)} (pass --image-column)")
+        raise GenaugError(f"no image column found in {where}; columns: {shown_names(columns)} (pass --image-column)")
     label_name = pick(label_column, next((c for c in LABEL_COLUMN_NAMES if c in columns), None), "label")
     id_name = pick(id_column, "id" if "id" in columns else None, "id")
-    wanted = list(dict.fromkeys(c for c in (image_name, label_name, id_name) if c is not None))
-    twice = next((c for c in wanted if columns.count(c) > 1), None)
+    twice = next((c for c in (image_name, label_name, id_name) if c is not None and columns.count(c) > 1), None)
     if twice is not None:
-        raise GenaugError(f"column '{shown(twice)}' appears more than once in {path}")
+        raise GenaugError(f"column '{shown(twice)}' appears more than once in {where}")
+    return image_name, label_name, id_name
+
+
+def read_table(
+    table,
+    image_name: str,
+    label_name: str | None,
+    id_name: str | None,
+    *,
+    where: str,
+    stem: str,
+    root: str,
+    allow_outside: bool,
+    cap: int,
+    class_names: list[str] | None = None,
+) -> _Read:
+    """The images, labels and ids of a pyarrow table (a Parquet file's, or a Hugging Face dataset's).
+
+    Image cells are the HF struct, encoded bytes or a path, read inside
+    `root` unless `allow_outside`; `class_names` (a ClassLabel's) name
+    integer labels.
+    """
+    import pyarrow as pa
+
     try:
-        table = pq.read_table(path, columns=wanted)
         cells = table.column(image_name).to_pylist()
         label_values = None
         # An all-null label column (genaug's output for unlabelled data) means no labels.
         if label_name is not None and table.column(label_name).null_count < table.num_rows:
             label_values = table.column(label_name).to_pylist()
         id_values = None if id_name is None else table.column(id_name).to_pylist()
-    except errors as e:
-        raise GenaugError(f"cannot read Parquet file {path}: {first_line(e)}") from None
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise GenaugError(f"cannot read {where}: {first_line(e)}") from None
 
     # Labels and ids first: a bad label column fails before any image is decoded.
     labels = names = None
     if label_values is not None:
-        labels, names = _labels(label_values, path, label_name)
-        hf_names = _hf_class_names(schema.metadata, label_name, path)
-        if hf_names is not None and names is None:
-            if len(labels) and labels.max() >= len(hf_names):
+        labels, names = _labels(label_values, where, label_name)
+        if class_names is not None and names is None:
+            if len(labels) and labels.max() >= len(class_names):
                 raise GenaugError(
-                    f"label column '{label_name}' in {path} has label {labels.max()} beyond its "
-                    f"{len(hf_names)} class names"
+                    f"label column '{label_name}' in {where} has label {labels.max()} beyond its "
+                    f"{len(class_names)} class names"
                 )
-            names = hf_names
+            names = class_names
     if id_values is not None:
         if any(v is None for v in id_values):
-            raise GenaugError(f"id column '{id_name}' in {path} has missing values")
+            raise GenaugError(f"id column '{id_name}' in {where} has missing values")
         ids = [str(v) for v in id_values]
     else:
-        ids = [f"{path.stem}-{i:06d}" for i in range(len(cells))]
-    root = os.path.realpath(path.parent)
+        ids = [f"{stem}-{i:06d}" for i in range(len(cells))]
     loaders = [
-        _cell_loader(cell, root, f"row {i} of {path}", image_name, allow_outside) for i, cell in enumerate(cells)
+        _cell_loader(cell, root, f"row {i} of {where}", image_name, allow_outside) for i, cell in enumerate(cells)
     ]
-    tensors = _decode_many(loaders, [f"{path} row {i}" for i in range(len(cells))], cap)
+    tensors = _decode_many(loaders, [f"{where} row {i}" for i in range(len(cells))], cap)
     return tensors, labels, names, ids, [_cell_path(c) for c in cells]
 
 
@@ -448,7 +523,7 @@ def _cell_path(cell) -> str | None:
     return path if isinstance(path, str) else None
 
 
-def _labels(values: list, path: Path, column: str) -> tuple[np.ndarray, list[str] | None]:
+def _labels(values: list, path: Path | str, column: str) -> tuple[np.ndarray, list[str] | None]:
     """Int labels as they are, strings mapped to their index among the sorted names; nothing else.
 
     A float label (even 1.0), NaN or bool is refused rather than turned into
@@ -527,7 +602,7 @@ def _read_npz(path: Path, cap: int) -> _Read:
                 raise GenaugError(f"{path} has no 'x' array; found: {found}")
             archive_bytes = os.path.getsize(path)
             x_shape, x_dtype = _npy_header(zf, members["x"], path, "x", archive_bytes)
-            _check_x(x_shape, x_dtype, path, cap)
+            _check_x(x_shape, x_dtype, f"'x' in {path}", cap)
             if "y" in members:
                 y_shape, y_dtype = _npy_header(zf, members["y"], path, "y", archive_bytes)
                 n = x_shape[0]
@@ -542,7 +617,7 @@ def _read_npz(path: Path, cap: int) -> _Read:
         raise GenaugError(f"not enough memory to read {path}") from None
     except _NPZ_ERRORS as e:
         raise GenaugError(f"cannot read .npz file {path}: {first_line(e)}") from None
-    x = _channels_first(_to_uint8(x, path), path)
+    x = _channels_first(_to_uint8(x, f"'x' in {path}"), f"'x' in {path}")
     labels = None
     if y is not None:
         if y.size:
@@ -603,16 +678,17 @@ def _is_int_dtype(dtype: np.dtype) -> bool:
     return dtype.kind in "iu"  # bool is kind "b", not an integer here
 
 
-def _check_x(shape: tuple, dtype: np.dtype, path: Path, cap: int) -> None:
-    """Refuse `x` from its header: a layout or dtype no image has, or images over `cap` pixels."""
+def _check_x(shape: tuple, dtype: np.dtype, what: str, cap: int) -> None:
+    """Refuse an image array (`what`, e.g. "'x' in f.npz") from its shape and dtype alone:
+    a layout or dtype no image has, or images over `cap` pixels."""
     if dtype.kind not in "iuf":
-        raise GenaugError(f"'x' in {path} must be uint8, integers in 0..255 or floats in [0, 1]; got {dtype}")
-    h, w = _image_hw(shape, path)
+        raise GenaugError(f"{what} must be uint8, integers in 0..255 or floats in [0, 1]; got {dtype}")
+    h, w = _image_hw(shape, what)
     if h == 0 or w == 0:
-        raise GenaugError(f"'x' in {path} has shape {tuple(shape)}: images with no pixels")
+        raise GenaugError(f"{what} has shape {tuple(shape)}: images with no pixels")
     if h * w > cap:
         raise GenaugError(
-            f"images in 'x' of {path} are {h}x{w} ({h * w:,} pixels), above the cap of {cap:,} pixels; "
+            f"images in {what} are {h}x{w} ({h * w:,} pixels), above the cap of {cap:,} pixels; "
             "pass --max-pixels to raise it"
         )
 
@@ -626,38 +702,38 @@ def _channels_last(shape: tuple) -> bool:
     return shape[-1] in (1, 3, 4) and shape[1] not in (1, 3)
 
 
-def _image_hw(shape: tuple, path: Path) -> tuple[int, int]:
+def _image_hw(shape: tuple, what: str) -> tuple[int, int]:
     """(H, W) of the images in an `x` of this shape."""
     if len(shape) == 3:
         return shape[1], shape[2]
     if len(shape) != 4:
-        raise GenaugError(f"'x' in {path} has shape {tuple(shape)}; {_LAYOUTS}")
+        raise GenaugError(f"{what} has shape {tuple(shape)}; {_LAYOUTS}")
     return (shape[1], shape[2]) if _channels_last(shape) else (shape[2], shape[3])
 
 
-def _channels_first(x: np.ndarray, path: Path) -> np.ndarray:
+def _channels_first(x: np.ndarray, what: str) -> np.ndarray:
     """[N,H,W], [N,H,W,C] or [N,C,H,W] -> [N,C,H,W] with C in 1, 3 (alpha dropped)."""
     if x.ndim == 3:
         return x[:, None]
     if x.ndim != 4:
-        raise GenaugError(f"'x' in {path} has shape {x.shape}; {_LAYOUTS}")
+        raise GenaugError(f"{what} has shape {x.shape}; {_LAYOUTS}")
     if _channels_last(x.shape):
         x = np.moveaxis(x, -1, 1)
     if x.shape[1] == 4:
         x = x[:, :3]
     if x.shape[1] not in (1, 3):
-        raise GenaugError(f"'x' in {path} has shape {x.shape}; {_LAYOUTS}")
+        raise GenaugError(f"{what} has shape {x.shape}; {_LAYOUTS}")
     return x
 
 
-def _to_uint8(x: np.ndarray, path: Path) -> np.ndarray:
+def _to_uint8(x: np.ndarray, what: str) -> np.ndarray:
     if x.dtype == np.uint8:
         return x
     if x.size and np.issubdtype(x.dtype, np.floating) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1:
         return np.rint(x * 255).astype(np.uint8)
     if x.size and np.issubdtype(x.dtype, np.integer) and x.min() >= 0 and x.max() <= 255:
         return x.astype(np.uint8)
-    raise GenaugError(f"'x' in {path} must be uint8, integers in 0..255 or floats in [0, 1]; got {x.dtype}")
+    raise GenaugError(f"{what} must be uint8, integers in 0..255 or floats in [0, 1]; got {x.dtype}")
 
 
 # -- decoding and stacking ---------------------------------------------------
@@ -885,3 +961,8 @@ def _parse_max_pixels(max_pixels) -> int:
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
         raise GenaugError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     return int(max_pixels)
+
+
+def as_imageset(data) -> ImageSet:
+    """`data` as an ImageSet: itself if it is one, else read by `load_images` at its own size."""
+    return data if isinstance(data, ImageSet) else load_images(data)
