@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.text import Text
 
 from genaug._version import __version__
+from genaug.data.align import aligned
 from genaug.data.imageset import ImageSet
 from genaug.data.readers import as_imageset
 from genaug.data.parquet import image_table, write_table
@@ -121,6 +122,20 @@ class DetectionResult:
     def to_pandas(self):
         """The result as a pandas DataFrame (image column holds PNG structs)."""
         return self.table().to_pandas()
+
+    def aligned(self, dataset, column: str = "score") -> np.ndarray:
+        """One column (score, p_value, is_outlier, rank, rarity, ...) in the row order of `dataset`
+        (an ImageFolder, a Hugging Face dataset with ids, an ImageSet, a list of ids), matched by id."""
+        columns = self.columns()
+        if column not in columns or not isinstance(columns[column], np.ndarray):
+            have = ", ".join(k for k, v in columns.items() if isinstance(v, np.ndarray))
+            raise GenaugError(f"no per-image column '{column}' in this result; choose from {have}")
+        return aligned(columns[column], self.data.ids, dataset)
+
+    def __repr__(self) -> str:
+        return (f"DetectionResult({len(self.data)} images, {self.n_flagged} flagged, "
+                f"mode={self.settings.get('mode')!r}, score={self.settings.get('score')!r}, "
+                f"{len(self.warnings)} warning(s))")
 
     def write(self, path: str | Path, *, command: str | None = None) -> pa.Table:
         """Write the result to Parquet atomically; returns the table written."""

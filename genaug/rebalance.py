@@ -71,6 +71,7 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from genaug._version import __version__
+from genaug.data.align import aligned
 from genaug.data.imageset import ImageSet
 from genaug.data.readers import as_imageset
 from genaug.data.parquet import image_table, write_tables
@@ -716,9 +717,25 @@ class RebalanceResult:
         """How many times each input row appears in the weighted resample."""
         return np.bincount(self.resampled, minlength=len(self.data)).astype(np.int64)
 
-    def sampler(self, num_samples: int | None = None, *, seed: int | None = None):
-        """A `WeightedRandomSampler` over the input rows, for a DataLoader."""
-        return weighted_sampler(self.weights, num_samples, seed=seed)
+    def sampler(self, num_samples: int | None = None, *, seed: int | None = None, dataset=None):
+        """A `WeightedRandomSampler` for a DataLoader: over the input rows in genaug's order, or,
+        with `dataset` (an ImageFolder, a Hugging Face dataset with ids, an ImageSet, a list of
+        ids), over that dataset's rows, each weighted by the result for its id."""
+        weights = self.weights if dataset is None else self.aligned(dataset)
+        return weighted_sampler(weights, num_samples, seed=seed)
+
+    def aligned(self, dataset, column: str = "weight") -> np.ndarray:
+        """`column` (weight, rarity or resample_count) in the row order of `dataset`, matched by id."""
+        values = {"weight": self.weights, "rarity": self.rarity, "resample_count": self.resample_counts()}
+        if column not in values:
+            raise GenaugError(f"no per-image column '{column}'; choose from {', '.join(values)}")
+        return aligned(values[column], self.data.ids, dataset)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (f"RebalanceResult({len(self.data)} images, density={self.settings.get('density')!r}, "
+                f"{len(self.groups)} up-weighted group(s), ESS {s.ess:.0f} ({s.ess_fraction:.0%}), "
+                f"weights {self.weights.min():.2f}..{self.weights.max():.2f}, {len(self.warnings)} warning(s))")
 
     def table(self) -> pa.Table:
         """Every input row with weight, rarity and resample_count; synthetic rows after them."""

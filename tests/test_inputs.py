@@ -1,6 +1,7 @@
 """Every kind of input a job takes gives the same images, labels and scores as the same data in an .npz."""
 
 import io
+import os
 import re
 
 import fsspec
@@ -137,3 +138,61 @@ def test_a_remote_folder_keeps_its_class_folders_and_ids(tmp_path):
     got = load_images("memory://genaug-folder")
     assert got.ids == ["a/1.png", "a/2.png", "b/3.png"]
     assert got.class_names == ["a", "b"] and got.labels.tolist() == [0, 0, 1]
+
+
+def mixed_folder(root):
+    """Class folders with every extension either reader might take, nested folders and upper case."""
+    rng = np.random.default_rng(1)
+    files = ["cat/z.png", "cat/b.JPG", "cat/sub/a.ppm", "cat/sub-x/c.pgm", "cat/m.gif", "cat-2/k.bmp",
+             "cat-2/j.webp", "dog/y.tiff", "dog/x.txt", "dog/deep/er/w.png"]
+    for name in files:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".txt":
+            path.write_text("not an image")
+            continue
+        fmt = {".jpg": "JPEG", ".ppm": "PPM", ".pgm": "PPM", ".tiff": "TIFF", ".webp": "WEBP"}.get(path.suffix.lower())
+        pixels = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(pixels[..., 0] if path.suffix == ".pgm" else pixels).save(path, format=fmt)
+    return root
+
+
+def test_a_folder_reads_as_torchvision_imagefolder_does(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    root = mixed_folder(tmp_path / "data")
+    ours, theirs = load_images(root, mode="rgb"), ImageFolder(root)
+    assert ours.ids == [os.path.relpath(p, root) for p, _ in theirs.samples]
+    assert ours.labels.tolist() == theirs.targets and ours.class_names == theirs.classes
+    for i in range(len(theirs)):  # the same pixels row by row (lossless formats)
+        if not ours.ids[i].lower().endswith((".jpg", ".webp")):
+            assert np.array_equal(np.asarray(theirs[i][0]), ours.images[i].permute(1, 2, 0).numpy())
+
+
+def test_results_line_up_with_another_dataset_by_id(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    root = mixed_folder(tmp_path / "data")
+    data = load_images(root, mode="rgb")
+    result = genaug.rebalance(data, train_config=TrainConfig(epochs=1, progress=False), components=2)
+    folder = ImageFolder(root)
+    by_id = dict(zip(data.ids, result.weights))
+    want = [by_id[os.path.relpath(p, root)] for p, _ in folder.samples]
+    np.testing.assert_array_equal(result.aligned(folder), want)
+    reversed_ids = list(reversed(data.ids))
+    np.testing.assert_array_equal(result.aligned(reversed_ids, "rarity"), result.rarity[::-1])
+    assert torch.equal(result.sampler(dataset=folder).weights, torch.as_tensor(want, dtype=torch.double))
+    with pytest.raises(GenaugError, match="1 of 8 rows have no result"):
+        result.aligned(data.ids[1:] + ["cat/unknown.png"])
+
+
+def test_an_imageset_is_a_torch_dataset_of_the_rows_genaug_scores(pixels):
+    data = load_images(pixels[0], labels=pixels[1])
+    image, label = data[5]
+    assert torch.equal(image, data.images[5]) and label == pixels[1][5]
+    loader = torch.utils.data.DataLoader(data.with_transform(lambda t: t.float() / 255), batch_size=16)
+    x, y = next(iter(loader))
+    assert x.dtype == torch.float32 and x.shape == (16, 3, 8, 8) and torch.equal(y, torch.as_tensor(pixels[1][:16]))
+    assert data.transform is None  # with_transform returned a new view
+    assert load_images(pixels[0])[0][1] == -1  # unlabelled
+    assert len(repr(data)) < 100 and "40 images of 3x8x8" in repr(data)

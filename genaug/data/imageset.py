@@ -1,9 +1,10 @@
-"""`ImageSet`: the in-memory dataset every job reads and writes."""
+"""`ImageSet`: the in-memory dataset every job reads and writes, and a torch `Dataset`."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -11,8 +12,12 @@ import torch
 from genaug.errors import GenaugError
 
 
-@dataclass
-class ImageSet:
+# The label `__getitem__` gives an unlabelled image (default collation cannot batch None).
+NO_LABEL = -1
+
+
+@dataclass(repr=False)
+class ImageSet(torch.utils.data.Dataset):
     """Images as `uint8 [N, C, H, W]` with optional labels, stable ids and provenance.
 
     `labels` is an int64 array of length N or None; `class_names[k]` names
@@ -20,6 +25,11 @@ class ImageSet:
     Parquet id column, or `<name>-<index>`). `paths` keeps the original file
     path of each image where there is one (written to the output's
     `image.path`).
+
+    It is a torch `Dataset`: `data[i]` is `(image, label)`, the image a
+    uint8 [C, H, W] tensor passed through `transform` when one is set
+    (`with_transform`), the label an int (NO_LABEL = -1 when unlabelled), so
+    `DataLoader(data, sampler=result.sampler())` draws the rows genaug scored.
     """
 
     images: torch.Tensor
@@ -28,6 +38,7 @@ class ImageSet:
     ids: list[str] = field(default_factory=list)
     paths: list[str | None] | None = None
     source: str = ""
+    transform: Callable | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -53,6 +64,22 @@ class ImageSet:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def __getitem__(self, i: int):
+        """`(image, label)` of row `i`: uint8 [C, H, W] (after `transform`) and an int."""
+        image = self.images[i]
+        label = NO_LABEL if self.labels is None else int(self.labels[i])
+        return (image if self.transform is None else self.transform(image)), label
+
+    def with_transform(self, transform: Callable | None) -> ImageSet:
+        """The same images (not copied) whose `__getitem__` passes each image through `transform`."""
+        return replace(self, transform=transform)
+
+    def __repr__(self) -> str:
+        c, h, w = self.shape
+        classes = f", {self.num_classes} classes" if self.labels is not None else ", unlabelled"
+        source = f", source={self.source!r}" if self.source else ""
+        return f"ImageSet({len(self)} images of {c}x{h}x{w}{classes}{source})"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -86,6 +113,7 @@ class ImageSet:
             ids=[self.ids[i] for i in idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             source=self.source,
+            transform=self.transform,
         )
 
     def fingerprint(self) -> str:

@@ -50,16 +50,20 @@ import torch
 from genaug.data.imageset import ImageSet
 from genaug.errors import GenaugError, first_line, shown, shown_names
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# A folder's images are the files torchvision's ImageFolder reads (its IMG_EXTENSIONS), in its
+# order, so its rows and genaug's line up (`_image_files` says where the two still differ).
+FOLDER_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
+# A file named on its own (or a Parquet cell's path) may also be a GIF (its first frame).
+IMAGE_EXTENSIONS = FOLDER_EXTENSIONS | {".gif"}
 PARQUET_EXTENSIONS = frozenset({".parquet", ".pq"})
 IMAGE_COLUMN_NAMES = ("image", "img", "images")
 LABEL_COLUMN_NAMES = ("label", "labels")
 # The Pillow decoders genaug uses: the formats IMAGE_EXTENSIONS name (JPEG
-# includes MPO, as many camera JPEGs open). Pillow picks a decoder by
+# includes MPO, as many camera JPEGs open; PPM reads .ppm and .pgm). Pillow picks a decoder by
 # content, not by name: without this list an `x.png` holding EPS would start
 # Ghostscript, and rarely used decoders (DDS, ...) raise NotImplementedError
 # on bad bytes.
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 # genaug's models see small images (8x8 up to a few hundred pixels a side).
 # 4096x4096 still lets a 12-megapixel photo in to be resized, while one
 # decoded image stays under 64 MiB (RGBA) and eight decoding threads under
@@ -193,7 +197,7 @@ def load_images(
     if remote.is_uri(source):
         local = remote.local_path(source)
         if local is None:
-            with remote.staged(source, IMAGE_EXTENSIONS | PARQUET_EXTENSIONS | {".npz"}) as copy:
+            with remote.staged(source, FOLDER_EXTENSIONS | PARQUET_EXTENSIONS | {".npz"}) as copy:
                 read = (_read_folder(copy, False, cap) if copy.is_dir()
                         else _read_file(copy, image_column, label_column, id_column, False, cap))  # fmt: skip
             return _finish(_without_paths(read), size, target_mode, source)
@@ -295,7 +299,7 @@ def _inside(real: str, root: str) -> bool:
 def _read_folder(root: Path, allow_outside: bool, cap: int) -> _Read:
     found = _image_files(root, allow_outside)
     if not found:
-        raise GenaugError(f"no images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise GenaugError(f"no images found in {root} (looked for {', '.join(sorted(FOLDER_EXTENSIONS))})")
     rel = [r for r, _ in found]
     labels = names = None
     in_root = [len(r.parts) == 1 for r in rel]
@@ -323,7 +327,17 @@ def _read_folder(root: Path, allow_outside: bool, cap: int) -> _Read:
 
 
 def _image_files(root: Path, allow_outside: bool = False) -> list[tuple[Path, bool]]:
-    """Image files under `root` as (path relative to it, reached through a link), sorted by posix path.
+    """Image files under `root` as (path relative to it, reached through a link), in ImageFolder's order.
+
+    torchvision's `ImageFolder` reads the same files (FOLDER_EXTENSIONS, any
+    case) in the same order: class folders sorted, and within each, folder
+    by folder (sorted by path), the files of each sorted by name. Where the
+    two differ, on purpose:
+      * hidden files and folders are skipped here (ImageFolder reads them);
+      * images at the top level are read unlabelled when there are no class
+        folders (ImageFolder refuses such a root), and refused beside class
+        folders (ImageFolder ignores them);
+      * links are handled as below (ImageFolder follows every linked folder).
 
     Hidden files and folders are skipped: `.ipynb_checkpoints` would become
     a class and macOS `._x.png` resource forks do not decode. Unreadable
@@ -356,7 +370,7 @@ def _image_files(root: Path, allow_outside: bool = False) -> list[tuple[Path, bo
             continue
         subfolders = []
         for entry in listing:
-            image = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            image = os.path.splitext(entry.name)[1].lower() in FOLDER_EXTENSIONS
             if entry.is_symlink():
                 target = os.path.realpath(entry.path)
                 inside = _inside(target, real_root)
@@ -377,7 +391,7 @@ def _image_files(root: Path, allow_outside: bool = False) -> list[tuple[Path, bo
             elif image:
                 entries.append((rel / entry.name, os.path.join(real_folder, entry.name), False))
         stack.extend(reversed(subfolders))  # walk in sorted order: the first of two aliases wins
-    entries.sort(key=lambda e: e[0].as_posix())
+    entries.sort(key=lambda e: _imagefolder_order(e[0]))
     claimed = {real for _, real, linked in entries if not linked}
     found = []
     for rel, real, linked in entries:
@@ -386,6 +400,12 @@ def _image_files(root: Path, allow_outside: bool = False) -> list[tuple[Path, bo
         claimed.add(real)
         found.append((rel, linked))
     return found
+
+
+def _imagefolder_order(rel: Path) -> tuple[str, str, str]:
+    """Sort key of a file in ImageFolder's order: its class, then its folder's path, then its name."""
+    parts = rel.parts
+    return (parts[0] if len(parts) > 1 else "", "/".join(parts[:-1]), parts[-1])
 
 
 # -- parquet ---------------------------------------------------------------
