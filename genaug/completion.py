@@ -25,13 +25,13 @@ import torch
 from rich.console import Console
 
 from genaug.data.imageset import ImageSet
-from genaug.data.readers import as_imageset
 from genaug.data.parquet import IMAGE_TYPE, encode_png, image_table, write_table
+from genaug.data.readers import as_imageset
 from genaug.errors import GenaugError
 from genaug.limits import check_fits_in_memory
 from genaug.models.base import GenerativeModel
 from genaug.models.store import model_hash
-from genaug.progress import progress_bar
+from genaug.progress import AUTO, progress_bar, resolve_console
 
 # Images completed per model call: the sampler's cost per step grows with the
 # batch, and its steps (one per pixel) are what take the time.
@@ -111,7 +111,7 @@ def complete(
     temperature: float = 1.0,
     seed: int = 0,
     sampler: str = "fast",
-    console: Console | None = None,
+    console: Console | str | None = AUTO,
 ) -> Completion:
     """Complete every image of `data`: keep its top `keep_rows` rows (default: the top half) or
     what `mask` marks (bool, broadcastable to [N, C, H, W]), draw the rest `completions` times.
@@ -119,6 +119,7 @@ def complete(
     A conditional model completes each image as its own label's class when
     `data` has labels. The same `seed` gives the same completions.
     """
+    console = resolve_console(console)
     data = as_imageset(data)
     type(model).require("complete", job="completion")
     if tuple(data.shape) != tuple(model.image_shape):

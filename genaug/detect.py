@@ -32,13 +32,14 @@ from rich.text import Text
 from genaug._version import __version__
 from genaug.data.align import aligned
 from genaug.data.imageset import ImageSet
+from genaug.data.parquet import image_table, to_pandas, write_table
 from genaug.data.readers import as_imageset
-from genaug.data.parquet import image_table, write_table
-from genaug.errors import GenaugError
+from genaug.errors import GenaugError, warn_all
 from genaug.fit import check_llr, new_model, scoring_options, train_background, train_on
 from genaug.models.base import GenerativeModel
 from genaug.models.registry import get_family
 from genaug.models.store import background_of, load_model, model_hash
+from genaug.progress import AUTO, resolve_console
 from genaug.scoring import (
     DEFAULT_SCORE,
     FALLBACK_SCORE,
@@ -120,8 +121,8 @@ class DetectionResult:
         return image_table(self.data, self.columns(), png=self.png or None)
 
     def to_pandas(self):
-        """The result as a pandas DataFrame (image column holds PNG structs)."""
-        return self.table().to_pandas()
+        """The result as a pandas DataFrame (image column holds PNG structs; integers stay Int64)."""
+        return to_pandas(self.table())
 
     def aligned(self, dataset, column: str = "score") -> np.ndarray:
         """One column (score, p_value, is_outlier, rank, rarity, ...) in the row order of `dataset`
@@ -163,7 +164,7 @@ def detect_outliers(
     mutation_rate: float | None = None,
     train_config: TrainConfig | None = None,
     batch_size: int = 1024,
-    console: Console | None = None,
+    console: Console | str | None = AUTO,
 ) -> DetectionResult:
     """Score every image of `data` and flag the outliers.
 
@@ -174,6 +175,7 @@ def detect_outliers(
     `DEFAULT_MUTATION_RATE`; a fitted model keeps its own). Flags by BH at `fdr`
     unless `contamination` (share of images to flag) is given.
     """
+    console = resolve_console(console)
     data = as_imageset(data)
     check_fraction("fdr", fdr)
     if contamination is not None:
@@ -241,6 +243,7 @@ def detect_outliers(
     features = raw.features if raw.features is not None else model_features(model, data.images, batch_size=batch_size)
     rarity = grouped_rarity(features, ~flags, raw.feature_group)
     settings["edge_share"] = EDGE_SHARE
+    warn_all(warnings)
     return DetectionResult(
         data=data,
         score=s,

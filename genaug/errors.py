@@ -1,4 +1,4 @@
-"""The one exception type users see.
+"""The one exception type users see, and the one warning type.
 
 Anything that is the user's input being wrong (a missing file, a corrupt
 image, a wrong column name, a checkpoint that is not ours) raises
@@ -6,9 +6,27 @@ image, a wrong column name, a checkpoint that is not ours) raises
 and exits non-zero; the Python API lets it propagate.
 """
 
+from __future__ import annotations
+
+import warnings
+
 
 class GenaugError(Exception):
     """A problem with the user's input, reported as one clear line."""
+
+
+class GenaugWarning(UserWarning):
+    """A job did what was asked but the result may not be what was meant (the message names the fix).
+
+    Jobs called from Python raise each of their result's `warnings` as one;
+    the CLI prints them itself and silences these.
+    """
+
+
+def warn_all(messages, stacklevel: int = 3) -> None:
+    """Each message as a GenaugWarning, attributed to the caller of the job that calls this."""
+    for message in messages:
+        warnings.warn(message, GenaugWarning, stacklevel=stacklevel)
 
 
 def first_line(e: BaseException) -> str:

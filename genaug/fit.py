@@ -27,6 +27,7 @@ from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel
 from genaug.models.registry import build_model, get_family
 from genaug.models.store import attach_background
+from genaug.progress import AUTO, resolve_console
 from genaug.scoring import available_scores, score_images
 from genaug.scoring.calibration import check_fraction
 from genaug.scoring.llr import DEFAULT_MUTATION_RATE, PerturbedTraining, check_mutation_rate
@@ -146,7 +147,7 @@ def fit(
     llr: bool | None = None,
     mutation_rate: float | None = None,
     train_config: TrainConfig | None = None,
-    console: Console | None = None,
+    console: Console | str | None = AUTO,
 ) -> GenerativeModel:
     """Train a model on `data` minus a held-out calibration split, and store the
     split's scores in `model.metadata["calibration"]`.
@@ -159,6 +160,7 @@ def fit(
     The returned model is ready for `detect_outliers(..., model=model)`,
     `rebalance`, `synthesize`, or `save_model`.
     """
+    console = resolve_console(console)
     data = as_imageset(data)
     check_fraction("calibration-fraction", calibration_fraction)
     # Everything the job will need is checked before any training.

@@ -73,14 +73,15 @@ from torch.utils.data import WeightedRandomSampler
 from genaug._version import __version__
 from genaug.data.align import aligned
 from genaug.data.imageset import ImageSet
+from genaug.data.parquet import image_table, to_pandas, write_tables
 from genaug.data.readers import as_imageset
-from genaug.data.parquet import image_table, write_tables
-from genaug.errors import GenaugError
+from genaug.errors import GenaugError, warn_all
 from genaug.fit import new_model, train_on
 from genaug.limits import check_fits_in_memory
 from genaug.models.base import GenerativeModel
 from genaug.models.registry import get_family
 from genaug.models.store import load_model, model_hash
+from genaug.progress import AUTO, resolve_console
 from genaug.scoring.rarity import model_features
 from genaug.train import TrainConfig
 
@@ -768,6 +769,10 @@ class RebalanceResult:
         )
         return pa.concat_tables([table, extra.cast(table.schema)])
 
+    def to_pandas(self):
+        """`table()` as a pandas DataFrame: synthetic rows' null index and rarity stay <NA> in Int64 columns."""
+        return to_pandas(self.table())
+
     def resampled_table(self) -> pa.Table:
         """The weighted resample itself: one row per draw, in draw order."""
         return image_table(self.data.subset(self.resampled), index=self.resampled)
@@ -809,7 +814,7 @@ def rebalance(
     size: int | None = None,
     synthesize: int = 0,
     seed: int = 0,
-    console=None,
+    console=AUTO,
 ) -> RebalanceResult:
     """Weights that up-weight images from rare groups (or sparse regions) of a model's latent space.
 
@@ -835,6 +840,7 @@ def rebalance(
     each drawn in proportion to its weight. `per_class` finds groups and weights within
     each label.
     """
+    console = resolve_console(console)
     data = as_imageset(data)
     # Check the cheap things before training a model.
     _check_choice("density", density, METHODS)
@@ -902,6 +908,7 @@ def rebalance(
         if density in GROUP_METHODS and groups:
             anchors = np.isin(group_of, [group_names.index(g["group"]) for g in groups])
         _add_synthetic(result, model, synthesize, replace(config, trim_fraction=0.0), seed, console, anchors)
+    warn_all(result.warnings)
     return result
 
 

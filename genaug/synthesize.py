@@ -34,7 +34,7 @@ from genaug.errors import GenaugError
 from genaug.limits import check_fits_in_memory
 from genaug.models.base import GenerativeModel
 from genaug.models.store import model_hash
-from genaug.progress import progress_bar
+from genaug.progress import AUTO, progress_bar, resolve_console
 from genaug.scoring import reads_background, resolve_score, score_images, score_values
 from genaug.scoring.calibration import benjamini_hochberg, check_fraction, conformal_p_values
 from genaug.scoring.record import CalibrationRecord
@@ -119,7 +119,7 @@ def synthesize(
     filter_fdr: float | None = None,
     score: str = "auto",
     seed: int = 0,
-    console: Console | None = None,
+    console: Console | str | None = AUTO,
 ) -> Synthesis:
     """Draw `n` synthetic images from `model` (class `label` if given).
 
@@ -127,6 +127,7 @@ def synthesize(
     scores at that FDR are rejected and replaced (see the module docstring
     for which calibration scores).
     """
+    console = resolve_console(console)
     if "sample" not in model.capabilities():
         raise GenaugError(f"model family '{model.name}' cannot sample")
     if n < 1:

@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     instead of click's boxed usage text.
     """
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    import warnings
+
+    from genaug.errors import GenaugWarning
+
+    warnings.simplefilter("ignore", GenaugWarning)  # each command prints its result's warnings itself
     try:
         code = app(args=args or ["--help"], prog_name="genaug", standalone_mode=False)
     except KeyboardInterrupt:

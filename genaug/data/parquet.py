@@ -136,6 +136,16 @@ def image_table(
     return pa.table(arrays)
 
 
+def to_pandas(table: pa.Table):
+    """`table` as a pandas DataFrame whose integer columns stay integers where they hold nulls
+    (pandas' nullable Int64: a synthetic row's null `index` is <NA>, not a float NaN)."""
+    import pandas as pd
+
+    nullable = {t: pd.Int64Dtype() for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(),
+                                            pa.uint16(), pa.uint32())}  # fmt: skip
+    return table.to_pandas(types_mapper=nullable.get)
+
+
 def _checked(name: str, array, n: int):
     if len(array) != n:
         raise GenaugError(f"column '{name}' has {len(array)} values for {n} images")
