@@ -36,6 +36,7 @@ _EXPORTS = {
     "Evaluation": "genaug.evaluate",
     "evaluate": "genaug.evaluate",
     "fit": "genaug.fit",
+    "OutlierDetector": "genaug.estimator",
     "load_model": "genaug.models.store",
     "save_model": "genaug.models.store",
     "set_progress": "genaug.progress",
