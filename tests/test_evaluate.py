@@ -159,7 +159,7 @@ def test_cli_json_matches_scikit_learn_on_a_real_detect_outliers_output(detectio
     cli = run("evaluate", folder / "scores.parquet", *truth, "--json")
     assert cli.exit_code == 0, cli.output
     report = json.loads(cli.stdout)  # the whole of stdout is the one object
-    assert set(report) == KEYS
+    assert set(report) == KEYS | {"ok", "command", "seconds"} and report["ok"] and report["command"] == "evaluate"
     assert (report["n"], report["n_outliers"], report["n_flagged"]) == (200, 20, flags.sum())
     assert report["auroc"] == pytest.approx(roc_auc_score(foreign, score))
     assert report["aupr"] == pytest.approx(average_precision_score(foreign, score))
@@ -224,7 +224,10 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(detection, capsys):
         code = main(["evaluate", *map(str, args), "--json"])
         captured = capsys.readouterr()
         lines = captured.err.strip().splitlines()
-        assert code == 2 and captured.out == "", (expected, captured)
+        # stdout holds the error as the one JSON object, stderr the one line.
+        answer = json.loads(captured.out)
+        assert code == 2 and answer == {"ok": False, "command": "evaluate", "error": answer["error"], "exit_code": 2}
+        assert expected in answer["error"] and captured.out.count("\n") == 1, (expected, captured)
         assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], (expected, lines)
 
 

@@ -15,6 +15,7 @@ import math
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         print_error("error:", " ".join(e.format_message().split()) + hint)
+        if "--json" in args:  # the command never ran, so its wrapper could not answer in JSON
+            _json.update(on=True, command=args[0] if args and not args[0].startswith("-") else "")
+            _emit_error(e.format_message() + hint, int(e.exit_code))
         return int(e.exit_code)
     if code == 130:
         # typer turns a Ctrl-C anywhere in a command (or in its own lazy
@@ -118,14 +122,20 @@ def print_error(prefix: str, message: str) -> None:
 
 
 def handles_errors(command):
-    """Turn errors into one line and a non-zero exit instead of a traceback."""
+    """Turn errors into one line and a non-zero exit instead of a traceback; with --json
+    (`json_output`), the command's tables are silenced and its `emit` (or the error) is
+    the one JSON object on stdout."""
+    name = command.__name__.replace("_", "-")
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        _json.update(on=bool(kwargs.get("json_output")), command=name, started=time.perf_counter())
+        out.quiet = _json["on"]
         try:
             return command(*args, **kwargs)
         except GenaugError as e:
             print_error("error:", str(e))
+            _emit_error(str(e), 2)
             raise typer.Exit(2) from None
         except typer.Exit:
             raise
@@ -134,9 +144,55 @@ def handles_errors(command):
                 raise
             msg = (str(e).strip().splitlines() or [""])[0]
             print_error("internal error:", f"{type(e).__name__}: {msg} (GENAUG_DEBUG=1 shows the traceback)")
+            _emit_error(f"internal error: {type(e).__name__}: {msg}", 1)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+# --json: whether the running command prints JSON, its name and when it started.
+_json: dict = {"on": False, "command": "", "started": 0.0}
+JsonOutput = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON object on stdout instead of tables: ok, command, what was done (counts, outputs, "
+        "settings, warnings) and seconds; on an error, ok false, error and exit_code.",
+    ),
+]
+
+
+def emit(**fields) -> None:
+    """The command's JSON object on stdout, when --json is on (the one thing it prints there)."""
+    if _json["on"]:
+        _write_json({"ok": True, "command": _json["command"], **fields,
+                     "seconds": round(time.perf_counter() - _json["started"], 3)})  # fmt: skip
+
+
+def _emit_error(message: str, code: int) -> None:
+    if _json["on"]:
+        _write_json({"ok": False, "command": _json["command"], "error": " ".join(message.split()), "exit_code": code})
+
+
+def _write_json(doc: dict) -> None:
+    import json
+
+    def plain(value):  # numpy numbers and arrays, paths, sets
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
+
+    def finite(value):  # strict JSON: an undefined number is null, never NaN
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    sys.stdout.write(json.dumps(finite(json.loads(json.dumps(doc, default=plain))), allow_nan=False) + "\n")
+    sys.stdout.flush()
 
 
 def _version(value: bool) -> None:
@@ -306,6 +362,7 @@ def fit(
     allow_outside_root: AllowOutsideRoot = False,
     max_pixels: MaxPixels = None,
     quiet: Quiet = False,
+    json_output: JsonOutput = False,
 ) -> None:
     """Train a model on DATA, hold out a calibration split, and save it."""
     from genaug.fit import fit as fit_model
@@ -329,9 +386,12 @@ def fit(
     )
     model.metadata["command"] = _command_line()
     save_model(model, output)
+    n_cal = model.metadata["data"]["n_calibration"]
     if not quiet:
-        n_cal = model.metadata["data"]["n_calibration"]
         err.print(f"saved {model.name} ({model_hash(model)}) to {output}; {n_cal} calibration scores stored")
+    emit(output=str(output), family=model.name, model_hash=model_hash(model), n_images=len(images),
+         n_calibration=n_cal, background=model.metadata.get("background") is not None,
+         training=model.metadata.get("training"))  # fmt: skip
 
 
 @app.command("detect-outliers")
@@ -379,6 +439,7 @@ def detect_outliers(
     allow_outside_root: AllowOutsideRoot = False,
     max_pixels: MaxPixels = None,
     quiet: Quiet = False,
+    json_output: JsonOutput = False,
 ) -> None:
     """Score every image of DATA, flag outliers, and write a ranked Parquet file."""
     from genaug.detect import detect_outliers as run_detection
@@ -420,6 +481,9 @@ def detect_outliers(
         f"score {result.settings['score']}) -> {output}",
         highlight=False,
     )
+    emit(output=str(output), report=None if report is None else str(report), n_images=len(images),
+         n_flagged=result.n_flagged, n_edge_cases=int((result.category == "edge-case").sum()),
+         settings=result.settings, warnings=result.warnings)  # fmt: skip
 
 
 def _print_top(result, n: int) -> None:
@@ -456,45 +520,45 @@ def info(
     label_column: LabelColumn = None,
     allow_outside_root: AllowOutsideRoot = False,
     max_pixels: MaxPixels = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Summarise a dataset, a checkpoint, or the available model families."""
     if models or path is None:
-        _info_models()
-        return
-    if path.endswith(".safetensors"):
-        _info_checkpoint(path)
+        emit(models=_info_models())
+    elif path.endswith(".safetensors"):
+        emit(checkpoint=_info_checkpoint(path))
     else:
-        _info_dataset(path, image_size, mode, image_column, label_column, allow_outside_root, max_pixels)
+        emit(dataset=_info_dataset(path, image_size, mode, image_column, label_column, allow_outside_root, max_pixels))
 
 
-def _info_models() -> None:
-    """A table of the model families and what each can do (what the jobs check)."""
+def _info_models() -> list[dict]:
+    """A table of the model families and what each can do (what the jobs check); returns its rows."""
     from genaug.models.registry import available_families, get_family
     from genaug.scoring import available_scores
 
     table = Table(title="model families", title_justify="left")
     table.add_column("family", no_wrap=True)
-    for column in ("likelihood", "latent", "scores", "rebalance", "synthesize"):
+    for column in ("likelihood", "latent", "scores", "rebalance", "synthesize", "complete"):
         table.add_column(column)
+    rows = []
     for name in available_families():
         try:
             cls = get_family(name)
         except GenaugError as e:  # a broken plug-in still lists, with why
-            table.add_row(name, "", "", f"unavailable: {e}", "", "")
+            table.add_row(name, "", "", f"unavailable: {e}", "", "", "")
+            rows.append({"family": name, "error": str(e)})
             continue
         caps = cls.capabilities()
-        table.add_row(
-            name,
-            cls.likelihood,
-            cls.latent,
-            ", ".join(available_scores(cls)) or "none",
-            "yes" if "features" in caps else "no",
-            "yes" if "sample" in caps else "no",
-        )
+        row = {"family": name, "likelihood": cls.likelihood, "latent": cls.latent, "scores": available_scores(cls),
+               "rebalance": "features" in caps, "synthesize": "sample" in caps, "complete": "complete" in caps}
+        rows.append(row)
+        table.add_row(name, cls.likelihood, cls.latent, ", ".join(row["scores"]) or "none",
+                      *("yes" if row[k] else "no" for k in ("rebalance", "synthesize", "complete")))  # fmt: skip
     out.print(table)
+    return rows
 
 
-def _info_checkpoint(path: str) -> None:
+def _info_checkpoint(path: str) -> dict:
     from genaug.checkpoint import read_metadata
 
     meta = read_metadata(path)
@@ -518,6 +582,7 @@ def _info_checkpoint(path: str) -> None:
     for key, value in rows.items():
         table.add_row(key, _cut(value))
     out.print(table)
+    return {k: v for k, v in meta.items() if k != "calibration"} | {"n_calibration": rows["calibration scores"]}
 
 
 def _cut(value: object, limit: int = INFO_MAX_CHARS) -> str:
@@ -526,11 +591,12 @@ def _cut(value: object, limit: int = INFO_MAX_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
-def _info_dataset(path: str, image_size, mode, image_column, label_column, allow_outside_root, max_pixels) -> None:
+def _info_dataset(path: str, image_size, mode, image_column, label_column, allow_outside_root, max_pixels) -> dict:
     import numpy as np
 
     images = _load(path, image_size, mode, image_column, label_column, None, allow_outside_root, max_pixels)
     c, h, w = images.shape
+    summary = {"source": images.source, "n_images": len(images), "shape": [c, h, w], "classes": None}
     out.print(f"{images.source}: {len(images)} images, {c}x{h}x{w} (C x H x W), uint8", highlight=False)
     if images.labels is not None:
         counts = np.bincount(images.labels, minlength=images.num_classes)
@@ -539,6 +605,7 @@ def _info_dataset(path: str, image_size, mode, image_column, label_column, allow
         if len(counts) > INFO_MAX_CLASSES:
             shown.append(f"... {len(counts) - INFO_MAX_CLASSES} more")
         out.print(f"{len(counts)} classes: " + ", ".join(shown))
+        summary["classes"] = dict(zip(names, counts.tolist()))
     else:
         out.print("no labels")
     if path.endswith((".parquet", ".pq")):
@@ -547,6 +614,8 @@ def _info_dataset(path: str, image_size, mode, image_column, label_column, allow
         meta = read_genaug_metadata(path)
         if meta:
             out.print(f"written by genaug {meta.get('version')}: {meta.get('command') or meta.get('job')}", highlight=False)
+            summary["genaug"] = meta
+    return summary
 
 
 @app.command()
@@ -584,6 +653,7 @@ def synthesize(
     device: Device = "auto",
     seed: Seed = 0,
     quiet: Quiet = False,
+    json_output: JsonOutput = False,
 ) -> None:
     """Sample N synthetic images from a fitted model into a Parquet file, or complete real images (--complete)."""
     completion_only = {"--keep-rows": keep_rows, "--keep-mask": keep_mask}
@@ -617,6 +687,7 @@ def synthesize(
         result.settings.update(model_path=str(model_path), data=str(complete))
         result.write(output, command=_command_line(), version=__version__)
         out.print(f"wrote {len(result.data)} completions of {len(data)} images -> {output}", highlight=False)
+        emit(output=str(output), n_images=len(data), n_completions=len(result.data), settings=result.settings)
         return
     result = run_synthesis(
         model,
@@ -644,6 +715,7 @@ def synthesize(
     )
     kept = f" (kept {n} of {result.n_drawn} drawn)" if filter_fdr is not None else ""
     out.print(f"wrote {n} synthetic images{kept} -> {output}", highlight=False)
+    emit(output=str(output), n=n, n_drawn=result.n_drawn, model_hash=result.model_hash, settings=result.settings)
 
 
 def _read_keep_mask(path: Path, size: tuple[int, int]):
@@ -721,6 +793,7 @@ def rebalance(
     allow_outside_root: AllowOutsideRoot = False,
     max_pixels: MaxPixels = None,
     quiet: Quiet = False,
+    json_output: JsonOutput = False,
 ) -> None:
     """Weight images by the rarity of their latent code (DB-VAE) and resample."""
     from genaug.models.store import load_model
@@ -756,6 +829,9 @@ def rebalance(
     extra = f" + {synthesize} synthetic rows" if synthesize else ""
     also = f"; resample -> {resampled}" if resampled is not None else ""
     out.print(f"wrote {len(images)} weighted rows{extra} -> {output}{also}", highlight=False)
+    emit(output=str(output), resampled=None if resampled is None else str(resampled), n_images=len(images),
+         n_synthetic=synthesize, summary=result.summary.to_dict(), upweighted_groups=result.groups,
+         settings=result.settings, warnings=result.warnings)  # fmt: skip
 
 
 def _print_warnings(warnings: list[str]) -> None:
@@ -787,8 +863,10 @@ def _print_groups(groups: list[dict], shown: int = 5) -> None:
 @app.command()
 @handles_errors
 def augment(
-    data: DataArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
+    data: Annotated[
+        Optional[str], typer.Argument(help="Image folder, .parquet, .npz, or a built-in dataset name (digits).")
+    ] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Parquet file to write.")] = None,
     recipe: Annotated[str, typer.Option(help="light, medium, heavy, or a recipe YAML file (see --show-recipe).")] = "light",
     copies: Annotated[int, typer.Option(help="Augmented copies of every image.")] = 1,
     keep_originals: Annotated[bool, typer.Option(help="Also write the unchanged originals.")] = False,
@@ -807,6 +885,7 @@ def augment(
     allow_outside_root: AllowOutsideRoot = False,
     max_pixels: MaxPixels = None,
     quiet: Quiet = False,
+    json_output: JsonOutput = False,
 ) -> None:
     """Augment DATA with an albumentations recipe, optionally mixed with synthetic images."""
     from genaug.augment import recipe_to_yaml
@@ -816,8 +895,13 @@ def augment(
     from genaug.train import resolve_device
 
     if show_recipe:
-        out.print(recipe_to_yaml(recipe), highlight=False, markup=False)
+        text = recipe_to_yaml(recipe)
+        out.print(text, highlight=False, markup=False)
+        emit(recipe=text)
         return
+    missing = [name for name, value in (("DATA", data), ("-o OUTPUT", output)) if value is None]
+    if missing:
+        raise GenaugError(f"augment needs {' and '.join(missing)} (only --show-recipe goes without them)")
     _check_output(output, ("DATA", data), ("--recipe", recipe), ("--model-path", model_path))
     images = _load(data, image_size, mode, image_column, label_column, id_column, allow_outside_root, max_pixels)
     model = load_model(model_path, device=resolve_device(device)) if model_path is not None else None
@@ -838,6 +922,7 @@ def augment(
         f"{', originals kept' if keep_originals else ''}) -> {output}",
         highlight=False,
     )
+    emit(output=str(output), n_rows=table.num_rows, settings=settings)
 
 
 # Commands kept in their own modules register themselves on `app` when imported.

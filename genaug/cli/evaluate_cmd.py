@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from genaug.cli.app import app, err, handles_errors, out
+from genaug.cli.app import app, emit, err, handles_errors, out
 from genaug.terminal import inert
 
 
@@ -42,7 +42,7 @@ def evaluate(
     for note in result.notes:
         err.print(Text.assemble(("note:", "yellow"), " ", inert(note)))
     if json_output:
-        out.print(result.to_json(), soft_wrap=True)
+        emit(**result.to_dict())
     else:
         _print_table(result)
 

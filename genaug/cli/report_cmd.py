@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from genaug.cli.app import _check_output, app, handles_errors, out
+from genaug.cli.app import JsonOutput, _check_output, app, emit, handles_errors, out
 
 
 @app.command("report")
@@ -20,6 +20,7 @@ def report(
         Optional[int],
         typer.Option("--max-images", min=1, help="Most images per grid; the page counts the rest (default: 500)."),
     ] = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Write one HTML page of the flagged images, the score histogram, per-class counts and the settings."""
     from genaug.report import MAX_IMAGES, write_report
@@ -31,3 +32,4 @@ def report(
     out.print(
         f"report of {result.n_flagged:,} flagged of {result.n_images:,} images{more} -> {output}", highlight=False
     )
+    emit(output=str(output), n_images=result.n_images, n_flagged=result.n_flagged, n_shown=result.n_shown)
