@@ -40,6 +40,8 @@ def test_every_command_answers_in_json(capsys, files):
     doc = run(capsys, "evaluate", o, "--truth", "is_outlier")[1]
     assert doc["n"] == 120 and doc["auroc"] is None  # strict JSON: an undefined metric is null
     assert run(capsys, "report", o, "-o", files / "r.html")[1]["n_images"] == 120
+    doc = run(capsys, "env")[1]
+    assert doc["packages"]["torch"] and doc["threads"]["torch"] >= 1 and "available" in doc["cuda"]
 
 
 @pytest.mark.parametrize(

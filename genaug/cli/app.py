@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,7 +33,7 @@ app = typer.Typer(
     help="Generative models as data-quality tools for image datasets: outliers, rebalancing, synthesis.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 out = SafeConsole(soft_wrap=True)
 err = SafeConsole(stderr=True, soft_wrap=True)
@@ -146,6 +147,8 @@ def handles_errors(command):
             print_error("internal error:", f"{type(e).__name__}: {msg} (GENAUG_DEBUG=1 shows the traceback)")
             _emit_error(f"internal error: {type(e).__name__}: {msg}", 1)
             raise typer.Exit(1) from None
+        finally:  # the next command in this process (a test, a notebook) starts plain
+            _json["on"] = out.quiet = False
 
     return wrapper
 
@@ -213,18 +216,49 @@ def _root(
 # -- shared options -----------------------------------------------------------
 DataArg = Annotated[str, typer.Argument(help="Image folder, .parquet, .npz, or a built-in dataset name (digits).")]
 ImageSize = Annotated[Optional[str], typer.Option("--image-size", help="Resize every image to N or HxW pixels.")]
-ColorMode = Annotated[Optional[str], typer.Option("--mode", help="Force 'gray' or 'rgb'; default keeps the data's.")]
+# Fixed choices (the jobs' own tuples, copied here so `genaug --help` needs no torch; a test keeps them equal).
+MODES = ("gray", "rgb")
+DENSITIES = ("clusters", "mixture", "knn", "kde", "gmm", "histogram")
+AGGREGATES = ("product", "max")
+
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum of `values`: typer shows and checks them as choices."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+Mode, Density, Aggregate = _choices("Mode", MODES), _choices("Density", DENSITIES), _choices("Aggregate", AGGREGATES)
+
+
+def _value(choice):
+    """The plain string of a choice (the jobs take strings)."""
+    return getattr(choice, "value", choice)
+
+
+ColorMode = Annotated[
+    Optional[Mode],
+    typer.Option("--mode", case_sensitive=False,
+                 help="Force gray or rgb; default keeps the data's (any colour image makes the set RGB)."),
+]
 ImageColumn = Annotated[Optional[str], typer.Option(help="Parquet column holding the images (default: auto).")]
 LabelColumn = Annotated[Optional[str], typer.Option(help="Parquet column holding labels (default: 'label' if present).")]
 IdColumn = Annotated[Optional[str], typer.Option(help="Parquet column holding ids (default: 'id' if present).")]
 Family = Annotated[str, typer.Option("--model", help="Model family to train (see `genaug info --models`).")]
-Epochs = Annotated[Optional[int], typer.Option(help="Maximum training epochs (early stopping may end sooner).")]
+Epochs = Annotated[
+    Optional[int],
+    typer.Option(help="Maximum training epochs; early stopping may end sooner. Default: from the data size "
+                 "(about 200,000 images' worth, 10 to 200 epochs).", show_default=False),
+]
 TimeLimit = Annotated[
     Optional[float],
     typer.Option("--time-limit", help="Stop training after this many minutes (a last validation, best weights kept)."),
 ]
-BatchSize = Annotated[Optional[int], typer.Option(help="Training batch size.")]
-LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Learning rate.")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Training batch size. Default: the family's (128).")]
+LearningRate = Annotated[
+    Optional[float],
+    typer.Option("--lr", help="Learning rate. Default: the family's (vae and ae 3e-3, autoregressive 1e-3)."),
+]
 Device = Annotated[str, typer.Option(help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")]
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result on CPU.", min=0, max=MAX_SEED)]
 ModelOption = Annotated[
@@ -235,7 +269,9 @@ Trim = Annotated[
     Optional[float],
     typer.Option(help="Share of each batch's worst-fit images left out of training (default: 0.1 in self-audit, 0 in fit)."),
 ]
-IwaeK = Annotated[Optional[int], typer.Option(help="Importance samples for the likelihood bound (1 = ELBO).", min=1)]
+IwaeK = Annotated[
+    Optional[int], typer.Option(help="Importance samples for the VAE's likelihood bound. Default: 1 (the ELBO).", min=1)
+]
 MutationRate = Annotated[
     Optional[float],
     typer.Option(
@@ -262,7 +298,7 @@ def _load(data, image_size, mode, image_column, label_column, id_column, allow_o
     return load_images(
         data,
         image_size=_parse_size(image_size),
-        mode=mode,
+        mode=_value(mode),
         image_column=image_column,
         label_column=label_column,
         id_column=id_column,
@@ -754,7 +790,7 @@ def rebalance(
     model_path: Annotated[Optional[Path], typer.Option(help="Fitted checkpoint; without it a model is trained on DATA.")] = None,
     family: Family = "vae",
     density: Annotated[
-        str,
+        Density,
         typer.Option(
             help="How rarity is measured in the model's features: clusters (k-means clusters drawn equally: "
             "rare groups), mixture (the same with a Gaussian mixture), knn (distance to the neighbour 5% of the "
@@ -772,7 +808,7 @@ def rebalance(
         Optional[float], typer.Option(help="Smoothing: larger = closer to uniform weights (default: per density).")
     ] = None,
     aggregate: Annotated[
-        str, typer.Option(help="Histogram: combine dimensions by product (paper) or max (reference code).")
+        Aggregate, typer.Option(help="Histogram: combine dimensions by product (paper) or max (reference code).")
     ] = "product",
     per_class: Annotated[bool, typer.Option(help="Rebalance within each label.")] = False,
     size: Annotated[Optional[int], typer.Option(help="Rows in the weighted resample (default: N).")] = None,
@@ -811,10 +847,10 @@ def rebalance(
         family=family,
         model_options=_model_options(model_option),
         train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, time_limit=time_limit),
-        density=density,
+        density=_value(density),
         bins=bins,
         alpha=alpha,
-        aggregate=aggregate,
+        aggregate=_value(aggregate),
         components=components,
         per_class=per_class,
         size=size,
@@ -923,6 +959,49 @@ def augment(
         highlight=False,
     )
     emit(output=str(output), n_rows=table.num_rows, settings=settings)
+
+
+@app.command()
+@handles_errors
+def env(json_output: JsonOutput = False) -> None:
+    """Versions, devices, threads and optional extras: what a bug report needs."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    import torch
+
+    packages = {name: installed(name) for name in (
+        "torch", "torchvision", "numpy", "scipy", "scikit-learn", "pyarrow", "albumentations", "safetensors",
+        "pillow", "typer", "rich", "fsspec")}  # fmt: skip
+    extras = {name: installed(name) for name in ("datasets", "ray", "pyod", "s3fs", "gcsfs", "pandas")}
+    cuda = torch.cuda.is_available()
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    doc = {
+        "genaug": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "extras": extras,
+        "cuda": {"available": cuda, "version": torch.version.cuda, "devices": devices},
+        "threads": {"torch": torch.get_num_threads(), "cpus": os.cpu_count()},
+    }
+    table = Table(title="genaug environment", show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("value")
+    for key in ("genaug", "python", "platform"):
+        table.add_row(key, doc[key])
+    for name, got in {**packages, **{f"{k} (extra)": v for k, v in extras.items()}}.items():
+        table.add_row(name, got or "not installed")
+    table.add_row("CUDA", f"{torch.version.cuda} ({', '.join(devices)})" if cuda else "not available")
+    table.add_row("threads", f"{doc['threads']['torch']} torch threads, {doc['threads']['cpus']} CPUs")
+    out.print(table)
+    emit(**doc)
 
 
 # Commands kept in their own modules register themselves on `app` when imported.

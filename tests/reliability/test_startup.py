@@ -83,3 +83,20 @@ def test_ctrl_c_that_a_library_swallows_still_stops_the_job(tmp_path):
     assert done.stderr.endswith("interrupted\n") and done.stderr.count("interrupted") == 1, done.stderr
     assert "trained" not in done.stderr, "training went on after the interrupt"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["detect-outliers", "--help"]])
+def test_version_and_help_import_no_torch(args):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "genaug", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "numpy" not in imported and "genaug.cli.app" in imported
+
+
+def test_the_cli_choices_are_the_jobs_own():
+    from genaug.cli import app
+    from genaug.data.readers import _MODES
+    from genaug.rebalance import AGGREGATES, METHODS
+
+    assert set(app.DENSITIES) == set(METHODS) and app.AGGREGATES == AGGREGATES
+    assert {_MODES[m] for m in app.MODES} == {"L", "RGB"}
