@@ -8,6 +8,7 @@ import torch
 
 from genaug.errors import GenaugError
 from genaug.models.gated_pixelcnn import GatedPixelCNN
+from genaug.models.masked import MASK_KINDS, MaskedConv2d
 from genaug.models.pixelcnn import PixelCNN
 
 FAMILIES = [PixelCNN, GatedPixelCNN]
@@ -301,3 +302,115 @@ def test_bad_inputs_are_one_line_errors(cls):
         model.nll(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), iwae_k=4)
     with pytest.raises(GenaugError, match="temperature"):
         model.sample(2, temperature=0.0)
+
+
+# -- the fast (cached) sampler ------------------------------------------------------------------
+
+
+def exact(cls, shape, num_classes=0):
+    """A tiny float64 model far from uniform: a cache answering from stale or missing
+    inputs would show as a difference far above float64 rounding."""
+    return tiny(cls, shape, num_classes, sharpen=3.0).double()
+
+
+def check_every_answer(model, n, y=None, known=None, keep=None, *, every_colour=True, seed=0):
+    """Drive the fast session as the sampler does (pixels in raster order, a pixel every image
+    keeps written without a question) and compare each `params(i, j)` with a full pass of the
+    whole canvas. With `every_colour` False it asks once per pixel and then writes every colour,
+    as a family drawing a pixel's colours jointly would. Returns the number of answers checked."""
+    c, h, w = model.image_shape
+    g = torch.Generator().manual_seed(seed)
+    kept_whole = torch.zeros(h, w, dtype=torch.bool) if keep is None else keep.all(1).all(0)
+    checked = 0
+    with torch.inference_mode():
+        session = model.fast_session(n, y, known, keep)
+        for i in range(h):
+            for j in range(w):
+                if kept_whole[i, j]:
+                    for k in range(c):
+                        session.write(i, j, k, session.canvas[:, k, i, j])
+                    continue
+                for k in range(c):
+                    if every_colour or k == 0:
+                        answer = session.params(i, j)
+                        full = model.pixel_params(session.canvas, y)[..., i, j]
+                        # Every colour, not only the one about to be drawn.
+                        torch.testing.assert_close(answer, full, rtol=1e-9, atol=1e-9)
+                        checked += 1
+                    session.write(i, j, k, torch.randint(256, (n,), generator=g))
+    return checked
+
+
+@pytest.mark.parametrize("cls", FAMILIES)
+@pytest.mark.parametrize("shape", [(1, 4, 5), (3, 4, 5)], ids=["grey", "rgb"])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_the_fast_session_answers_as_a_full_pass_at_every_step(cls, shape, num_classes):
+    model = exact(cls, shape, num_classes)
+    y = torch.tensor([2, 0, 1]) if num_classes else None
+    c, h, w = shape
+    assert check_every_answer(model, 3, y) == c * h * w
+    # A conditional model's answers come from the class's biases: other classes, other answers.
+    if num_classes:
+        with torch.inference_mode():
+            first = [model.fast_session(3, labels).params(0, 0) for labels in (y, (y + 1) % 3)]
+        assert (first[0] - first[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("cls", FAMILIES)
+def test_the_fast_session_completes_images_from_the_kept_subpixels(cls):
+    # Scattered per-image, per-subpixel masks, plus a whole row and the last pixel kept by every
+    # image: those are written without a question, so the caches must catch up on them.
+    shape = (3, 5, 4)
+    model = exact(cls, shape)
+    known = torch.randint(0, 256, (3, *shape), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    keep = torch.rand(3, *shape, generator=torch.Generator().manual_seed(3)) < 0.5
+    keep[:, :, 1] = True
+    keep[:, :, 3, 1:3] = True
+    keep[:, :, -1, -1] = True
+    assert check_every_answer(model, 3, known=known, keep=keep) == 3 * (20 - 4 - 2 - 1)
+
+
+@pytest.mark.parametrize("cls", FAMILIES)
+def test_the_fast_session_answers_a_family_that_asks_once_per_pixel(cls):
+    # A family drawing a pixel's colours jointly asks once, then writes them all: the caches
+    # of that pixel are then stale until the next question, which must bring them up to date.
+    model = exact(cls, (3, 4, 4))
+    assert check_every_answer(model, 2, every_colour=False) == 16
+
+
+@pytest.mark.parametrize("cls", FAMILIES)
+def test_writing_red_changes_the_green_logits_in_the_cache_as_in_a_full_pass(cls):
+    shape, (i, j) = (3, 3, 4), (1, 2)
+    model = exact(cls, shape)
+    canvas = torch.randint(0, 256, (2, *shape), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    with torch.inference_mode():
+        session = model.fast_session(2, None)
+        for q in range(i * shape[2] + j):  # every earlier pixel, as drawn
+            for k in range(3):
+                session.write(*divmod(q, shape[2]), k, canvas[:, k, q // shape[2], q % shape[2]])
+        before = session.params(i, j).clone()
+        for red in (100, 200):  # the canvas starts at 0: each value is a change
+            session.write(i, j, 0, torch.full((2,), red))
+            after = session.params(i, j)
+            full = model.pixel_params(session.canvas)[..., i, j]
+            torch.testing.assert_close(after, full, rtol=1e-9, atol=1e-9)
+            # R's own logits never see R; G's and B's see it, through the centre taps.
+            torch.testing.assert_close(after[:, :, 0], before[:, :, 0], rtol=0, atol=1e-12)
+            assert (after[:, :, 1] - before[:, :, 1]).abs().max() > 1e-3
+            before = after.clone()
+
+
+def test_a_masked_convolution_at_one_pixel_is_its_window_times_the_window_weight():
+    torch.manual_seed(0)
+    for kernel, centre, rows in [((7, 7), None, 4), ((3, 3), None, 2), ((1, 4), (0, 3), 1), ((1, 1), None, 1)]:
+        for kind in MASK_KINDS:
+            conv = MaskedConv2d(6, 9, kernel, kind=kind, colours=3, centre=centre).double()
+            ci, cj = centre if centre is not None else (kernel[0] // 2, kernel[1] // 2)
+            x = torch.randn(2, 6, 9, 9, dtype=torch.float64)
+            full = conv(x)  # unpadded: output (a, b) has its centre tap at input (a + ci, b + cj)
+            a, b = 1, 1
+            window = x[:, :, a : a + rows, b : b + kernel[1]].permute(0, 2, 3, 1).reshape(2, -1)
+            at_pixel = window @ conv.window_weight(rows) + conv.bias
+            torch.testing.assert_close(at_pixel, full[:, :, a, b], rtol=1e-12, atol=1e-12)
+            # The rows left out hold only closed taps.
+            assert rows == ci + 1 and (conv.mask[:, :, rows:] == 0).all()

@@ -38,6 +38,12 @@ NOTE: the first layer has no residual connection: its input is the image
 itself (C channels, and the current subpixel must not pass through).
 NOTE: the class embedding h enters every gate of both stacks (V h, the
 paper's conditioning); y=None on a conditional model leaves it out.
+
+Fast sampling (Ramachandran et al. 2017): the vertical stack reads only
+whole rows, so `GatedPixelCNNSession` computes its row i-1 (every layer,
+the whole row, and its link into the horizontal stack) once, when row i
+begins; a step then computes the horizontal stack, the skips and the head
+at one pixel, each layer a matrix product of a window of its cached row.
 """
 
 from __future__ import annotations
@@ -48,9 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genaug.models.autoregressive import PIXEL_VALUES, SoftmaxPixelModel
+from genaug.models.autoregressive import PIXEL_VALUES, SoftmaxPixelModel, at_least_float32
 from genaug.models.base import check_int_options
-from genaug.models.masked import MaskedConv2d, colour_groups
+from genaug.models.distributions import to_unit_range
+from genaug.models.masked import CachedPixelSession, MaskedConv2d, colour_groups
 
 # Largest value of each option: far past any useful size, small enough that a
 # typo or a hostile checkpoint cannot ask for terabytes of weights.
@@ -157,3 +164,103 @@ class GatedPixelCNN(SoftmaxPixelModel):
             skips = skips + skip
         # Output channel v * C + c is value v of colour c (see masked.py), so this view needs no copy.
         return self.head(skips).view(b, PIXEL_VALUES, c, h, w)
+
+    def fast_session(self, n, y, known=None, keep=None) -> GatedPixelCNNSession:
+        """The cached session: the vertical stack a row at a time, the rest one pixel per step."""
+        return GatedPixelCNNSession(self, n, y, known, keep)
+
+
+class GatedPixelCNNSession(CachedPixelSession):
+    """Sampling from per-layer caches: `GatedPixelCNN.forward` a row or a pixel at a time.
+
+    Caches, channels last and zero-padded as the full pass pads: each
+    layer's vertical input over the whole canvas (the first layer's is the
+    image, which its horizontal stack reads too), each later layer's
+    horizontal input along the current row, and per layer what the row's
+    pre-activations receive from outside the row: the link from the
+    vertical stack above, the horizontal bias and the class's gate bias.
+    """
+
+    def __init__(self, model: GatedPixelCNN, n: int, y, known=None, keep=None) -> None:
+        super().__init__(model, n, y, known, keep)
+        _, h, w = model.image_shape
+        dtype, device, p = model.dtype, model.device, model.config.channels
+        self.layers = model.layers
+        self.half_widths = [layer.horizontal.kernel_size[1] - 1 for layer in model.layers]
+        self.vertical_in = [
+            torch.zeros((n, h + m, w + 2 * m, layer.vertical.in_channels), dtype=dtype, device=device)
+            for layer, m in zip(model.layers, self.half_widths)
+        ]
+        # The image cache holds the whole canvas (kept subpixels too), so every
+        # answer, not only the colour about to be drawn, equals the full pass's.
+        m = self.half_widths[0]
+        self.vertical_in[0][:, m:, m : m + w] = to_unit_range(self.canvas).to(dtype).permute(0, 2, 3, 1)
+        self.horizontal_in = [self.vertical_in[0]] + [
+            torch.zeros((n, w + m, layer.horizontal.in_channels), dtype=dtype, device=device)
+            for layer, m in zip(model.layers[1:], self.half_widths[1:])
+        ]
+        self.horizontal_weight = [layer.horizontal.window_weight() for layer in model.layers]
+        self.residual = [
+            None if layer.residual is None else (layer.residual.window_weight(), layer.residual.bias)
+            for layer in model.layers
+        ]
+        # Every layer's gated output goes to its slice of one buffer, so the skips of
+        # all layers are one product with the skip weights stacked (not one per layer).
+        self.gated = torch.empty((n, len(model.layers) * p), dtype=dtype, device=device)
+        self.gated_slices = self.gated.split(p, dim=1)
+        self.skip_weight = torch.cat([layer.skip.window_weight() for layer in model.layers])
+        self.skip_bias = sum(layer.skip.bias for layer in model.layers)
+        self.gate_biases = []  # per layer: (vertical [n, 2p, 1, 1], horizontal [n, 1, 2p]), or zeros
+        for layer in model.layers:
+            if layer.embed is not None and y is not None:
+                v_bias, h_bias = layer.embed(y).chunk(2, dim=1)
+                self.gate_biases.append((v_bias[:, :, None, None], h_bias[:, None, :]))
+            else:
+                self.gate_biases.append((0, 0))
+        self.from_above: list[Tensor] = []  # per layer [n, W, 2p], for the current row
+        self.row = -1
+        hidden, out = model.head[1], model.head[3]
+        self.head = (hidden.window_weight(), hidden.bias, out.window_weight(), out.bias)
+
+    def store(self, i: int, j: int, k: int) -> None:
+        m, image = self.half_widths[0], self.vertical_in[0]
+        image[:, i + m, j + m, k] = to_unit_range(self.canvas[:, k, i, j]).to(image.dtype)
+
+    def start_row(self, i: int) -> None:
+        """Every layer's vertical stack at row i-1 (the whole row) and what it adds to row i."""
+        w = self.canvas.shape[-1]
+        self.from_above = []
+        for l, layer in enumerate(self.layers):
+            v_bias, h_bias = self.gate_biases[l]
+            bias = layer.horizontal.bias + h_bias
+            if i == 0:  # the full pass pads the vertical features above the first row with zeros
+                self.from_above.append((layer.link.bias + bias).expand(self.n, w, -1))
+                continue
+            m = self.half_widths[l]
+            rows = self.vertical_in[l][:, i - 1 : i + m].permute(0, 3, 1, 2)  # rows i-1-m..i-1
+            v_pre = F.conv2d(rows, layer.vertical.weight, layer.vertical.bias)  # [n, 2p, 1, W]
+            self.from_above.append(layer.link(v_pre)[:, :, 0].transpose(1, 2) + bias)
+            if l + 1 < len(self.layers):
+                m = self.half_widths[l + 1]
+                self.vertical_in[l + 1][:, i - 1 + m, m : m + w] = gate(v_pre + v_bias)[:, :, 0].transpose(1, 2)
+        self.row = i
+
+    def step(self, i: int, j: int) -> Tensor:
+        if i != self.row:
+            self.start_row(i)
+        n, last = self.n, len(self.layers) - 1
+        for l in range(last + 1):
+            m, cache = self.half_widths[l], self.horizontal_in[l]
+            # Columns j-m..j of the row (the image cache is two-dimensional: its row i).
+            window = (cache[:, i + m] if l == 0 else cache)[:, j : j + m + 1].reshape(n, -1)
+            f, g = torch.addmm(self.from_above[l][:, j], window, self.horizontal_weight[l]).chunk(2, dim=1)
+            out = torch.mul(f.tanh_(), g.sigmoid_(), out=self.gated_slices[l])
+            if l < last:
+                if self.residual[l] is not None:
+                    res_w, res_b = self.residual[l]
+                    out = cache[:, j + m] + torch.addmm(res_b, out, res_w)
+                self.horizontal_in[l + 1][:, j + self.half_widths[l + 1]] = out
+        skips = torch.addmm(self.skip_bias, self.gated, self.skip_weight)
+        hidden_w, hidden_b, out_w, out_b = self.head
+        out = torch.addmm(out_b, torch.addmm(hidden_b, skips.relu_(), hidden_w).relu_(), out_w)
+        return at_least_float32(out.view(n, PIXEL_VALUES, -1))

@@ -26,17 +26,25 @@ neither for PixelCNN); nothing couples the images of a batch.
 NOTE: a conditional model adds a learned bias per class to the residual
 stream before every block and before the output layers; the gated model's
 conditioning (inside every gate) is in `gated-pixelcnn`.
+
+Fast sampling (Ramachandran et al. 2017): `PixelCNNSession` keeps the
+padded input of every spatial layer (the image for the 7x7 layer, each
+block's 3x3 input) and computes one pixel per step: the 7x7 layer, each
+block's three layers, the residual adds and the head, at that pixel only,
+each a matrix product of a window of its cached input.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
-from genaug.models.autoregressive import PIXEL_VALUES, SoftmaxPixelModel
+from genaug.models.autoregressive import PIXEL_VALUES, SoftmaxPixelModel, at_least_float32
 from genaug.models.base import check_int_options
-from genaug.models.masked import MaskedConv2d
+from genaug.models.distributions import to_unit_range
+from genaug.models.masked import CachedPixelSession, MaskedConv2d
 
 # Largest value of each option: far past any useful size, small enough that a
 # typo or a hostile checkpoint cannot ask for terabytes of weights.
@@ -117,3 +125,66 @@ class PixelCNN(SoftmaxPixelModel):
         out = self.head(feat if biases is None else feat + biases[-1])
         # Output channel v * C + c is value v of colour c (see masked.py), so this view needs no copy.
         return out.view(b, PIXEL_VALUES, c, h, w)
+
+    def fast_session(self, n, y, known=None, keep=None) -> PixelCNNSession:
+        """The cached session: each step computes every layer at one pixel."""
+        return PixelCNNSession(self, n, y, known, keep)
+
+
+class PixelCNNSession(CachedPixelSession):
+    """Sampling from per-layer caches: one step computes `PixelCNN.forward` at one pixel.
+
+    The spatial layers read windows of channels-last caches (zero-padded as
+    the full pass pads): the image in [-1, 1] for the 7x7 layer, and each
+    block's 3x3 input, written as steps compute it. The rows of a window stop
+    at the centre row (the kernel rows below are closed), and the pointwise
+    layers need no cache at all.
+    """
+
+    def __init__(self, model: PixelCNN, n: int, y, known=None, keep=None) -> None:
+        super().__init__(model, n, y, known, keep)
+        c, h, w = model.image_shape
+        cfg, dtype, device = model.config, model.dtype, model.device
+        r, q = FIRST_KERNEL // 2, BLOCK_KERNEL // 2
+        # The cache holds the whole canvas (kept subpixels too), so every answer,
+        # not only the colour about to be drawn, equals the full pass's.
+        self.image = torch.zeros((n, h + r, w + 2 * r, c), dtype=dtype, device=device)
+        self.image[:, r:, r : r + w] = to_unit_range(self.canvas).to(dtype).permute(0, 2, 3, 1)
+        self.input_weight = model.input_conv.window_weight(r + 1)
+        self.input_bias = model.input_conv.bias
+        self.blocks = [
+            (
+                block.down.window_weight(), block.down.bias,
+                torch.zeros((n, h + q, w + 2 * q, block.conv.in_channels), dtype=dtype, device=device),
+                block.conv.window_weight(q + 1), block.conv.bias,
+                block.up.window_weight(), block.up.bias,
+            )  # fmt: skip
+            for block in model.blocks
+        ]
+        hidden, out = model.head[1], model.head[3]
+        self.head = (hidden.window_weight(), hidden.bias, out.window_weight(), out.bias)
+        self.class_biases = None
+        if model.embed is not None and y is not None:
+            self.class_biases = model.embed(y).view(n, cfg.layers + 1, cfg.channels).unbind(1)
+
+    def store(self, i: int, j: int, k: int) -> None:
+        r = FIRST_KERNEL // 2
+        self.image[:, i + r, j + r, k] = to_unit_range(self.canvas[:, k, i, j]).to(self.image.dtype)
+
+    def step(self, i: int, j: int) -> Tensor:
+        n, r, q = self.n, FIRST_KERNEL // 2, BLOCK_KERNEL // 2
+        window = self.image[:, i : i + r + 1, j : j + 2 * r + 1].reshape(n, -1)
+        feat = torch.addmm(self.input_bias, window, self.input_weight)
+        biases = self.class_biases
+        for b, (down_w, down_b, cache, conv_w, conv_b, up_w, up_b) in enumerate(self.blocks):
+            if biases is not None:
+                feat = feat + biases[b]
+            # Written straight into the cache: the 3x3 window below reads it at its centre tap.
+            torch.addmm(down_b, feat.relu(), down_w, out=cache[:, i + q, j + q]).relu_()
+            out = torch.addmm(conv_b, cache[:, i : i + q + 1, j : j + 2 * q + 1].reshape(n, -1), conv_w).relu_()
+            feat = torch.addmm(up_b, out, up_w).add_(feat)
+        if biases is not None:
+            feat = feat + biases[-1]
+        hidden_w, hidden_b, out_w, out_b = self.head
+        out = torch.addmm(out_b, torch.addmm(hidden_b, feat.relu(), hidden_w).relu_(), out_w)
+        return at_least_float32(out.view(n, PIXEL_VALUES, -1))

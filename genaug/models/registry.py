@@ -20,6 +20,8 @@ _BUILTIN = {
     "ae": "genaug.models.ae:Autoencoder",
     "gated-pixelcnn": "genaug.models.gated_pixelcnn:GatedPixelCNN",
     "pixelcnn": "genaug.models.pixelcnn:PixelCNN",
+    "pixelcnn++": "genaug.models.pixelcnnpp:PixelCNNPlusPlus",
+    "pixelrnn": "genaug.models.pixelrnn:PixelRNN",
     "vae": "genaug.models.vae:VAE",
 }
 
