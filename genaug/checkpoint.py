@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from genaug.atomic import clean_stale, commit, temp_path
+from genaug.distributed import main_only
 from genaug.errors import GenaugError, first_line
 
 METADATA_KEY = "genaug"
@@ -52,7 +53,8 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
     Refused with a GenaugError, before anything is written: metadata that
     `read_metadata` would refuse, and tensors holding NaN or infinity.
     A filesystem error (disk full, no permission) is one GenaugError line
-    and leaves neither a temp file nor a changed `path`.
+    and leaves neither a temp file nor a changed `path`. Under torchrun only
+    rank 0 writes; every rank must call this, and all return (or fail) together.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -72,6 +74,12 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
         raise GenaugError(
             f"refusing to write checkpoint {path}: tensor '{bad}' holds NaN or infinite values (did training diverge?)"
         )
+    # Under torchrun every rank holds the same model and calls this; rank 0 alone writes,
+    # and the others wait for it and share its outcome (genaug.distributed.main_only).
+    main_only(lambda: _write_checkpoint(path, clean, text), f"writing checkpoint {path}")
+
+
+def _write_checkpoint(path: Path, clean: dict[str, torch.Tensor], text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(path)

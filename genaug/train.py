@@ -11,6 +11,36 @@ are seeded and reproducible on CPU; a validation split drives early
 stopping and the best weights (their EMA when the family asks for one) are
 kept. `time_limit` bounds the whole run in minutes, whatever the epoch length.
 
+The images are a uint8 tensor [N, C, H, W] held on the device, or an image
+source for data that does not fit there: any object with `len()`, `.shape`
+(N, C, H, W) and `source[indices]` (a CPU LongTensor) returning those rows,
+in that order, as a uint8 tensor [k, C, H, W]. A source is read one batch
+per step (validation: VALIDATION_BATCH images at a time; a stage's
+`prepare`: at most PREPARE_MAX_BYTES of training images) and each batch is
+moved to the device on its own; it trains the same model as the tensor.
+
+Under `torchrun --nproc_per_node=W` (see genaug.distributed) the W
+processes train one model. `batch_size` stays the global batch: every rank
+draws the same seeded permutation, splits each batch into W shards and
+takes its own, and one all-reduce per optimiser step sums each rank's
+gradient weighted by its share of the batch (the gradient of the whole
+batch's mean loss) together with the loss, the nll sums and the time-limit
+flag, so every rank steps on the same gradient and takes the same branch.
+Validation is sharded and its sums all-reduced; a stage starts from rank
+0's weights; rank 0 alone shows progress. For a loss that is a mean of
+per-image terms and draws no random numbers, the model is the one a single
+process trains with the same seed, up to floating-point summation order.
+Random draws inside a loss (a VAE's reparameterisation noise, a perturbed
+pixel) come from each rank's own stream (seed + rank), so they differ from
+one process's; trimming picks the worst images of each shard.
+
+NOTE: gradients are all-reduced by hand, not by DistributedDataParallel.
+A player's loss is a closure over the family's own methods, not the
+module's `forward`, so DDP's reducer would never be armed; and a player
+owns a subset of the parameters (a GAN's generator loss reaches the
+discriminator, whose gradients that player must neither average nor step).
+The price is no overlap of communication with the backward pass.
+
 Divergence (a NaN or infinite loss, gradient norm, weight or validation
 score) is survived once per stage: the weights and optimiser states of the
 last good epoch come back, the learning rates are lowered, and the epoch
@@ -23,23 +53,41 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Protocol
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from genaug import interrupt
+from genaug import distributed, interrupt
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel, Losses, Player, Stage, bits_per_dim
 
 MIN_IMAGES_FOR_VALIDATION = 20
+VALIDATION_BATCH = 1024  # images per validation forward pass (and per read from an image source)
+# What an image source may hand a stage's `prepare` at once (a seeded subset of the training split beyond it).
+PREPARE_MAX_BYTES = 256 * 2**20
 AUTO_IMAGES = 200_000
 # After the first divergence the learning rate is multiplied by this; there is no second chance.
 DIVERGENCE_LR_FACTOR = 0.1
 # What a setting left as None becomes when the family has no default for it either.
 GLOBAL_DEFAULTS = {"batch_size": 128, "lr": 3e-3, "betas": (0.9, 0.999)}
+
+
+class ImageSource(Protocol):
+    """Images read as they are needed, for data that does not fit on the device (Parquet files, say).
+
+    `source[indices]` takes a CPU LongTensor and returns those images, in
+    that order, as a uint8 CPU tensor [len(indices), C, H, W].
+    """
+
+    shape: tuple[int, int, int, int]  # (N, C, H, W)
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -114,13 +162,14 @@ class TrainReport:
     train_bits_per_dim: float | None
     seconds: float
     images_per_second: float
-    device: str
+    device: str  # rank 0's under torchrun
     stopped_early: bool
     # Set when training diverged once and went on from the last good epoch at a lower rate.
     lr_lowered_at_epoch: int | None = None
     final_lr: float | None = None
     time_limited: bool = False
     stages: list[dict] = field(default_factory=list)
+    world_size: int = 1  # processes that trained together (torchrun); images_per_second counts them all
 
     def summary(self) -> str:
         """One line for humans."""
@@ -130,9 +179,10 @@ class TrainReport:
             extra += f"; diverged in epoch {self.lr_lowered_at_epoch}, lr lowered to {self.final_lr:g}"
         if self.time_limited:
             extra += "; stopped at the time limit"
+        where = self.device if self.world_size == 1 else f"{self.world_size} processes ({self.device} on rank 0)"
         return (
             f"trained {self.family} for {self.epochs_run} epochs (best {self.best_epoch}) in {self.seconds:.1f} s, "
-            f"{self.images_per_second:,.0f} img/s on {self.device}; {val}{extra}"
+            f"{self.images_per_second:,.0f} img/s on {where}; {val}{extra}"
         )
 
 
@@ -161,7 +211,8 @@ class _Run:
 
     model: GenerativeModel
     config: TrainConfig
-    x: torch.Tensor
+    images: object  # the tensor on the device, or the image source
+    fetch: Callable[[torch.Tensor], torch.Tensor]  # indices -> uint8 batch on the device
     y: torch.Tensor | None
     train_idx: torch.Tensor
     val_idx: torch.Tensor
@@ -171,13 +222,16 @@ class _Run:
     autocast: torch.autocast
     console: Console | None
     bar: Progress | None
+    device: torch.device
+    world: int = 1  # processes training together, and this one's rank among them
+    rank: int = 0
     step: int = 0  # optimiser steps so far, over all stages and players
-    seen: int = 0  # images stepped on
+    seen: int = 0  # images stepped on, over all ranks
 
 
 def train(
     model: GenerativeModel,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSource,
     labels: torch.Tensor | None = None,
     config: TrainConfig | None = None,
     *,
@@ -186,26 +240,38 @@ def train(
 ) -> TrainReport:
     """Train `model` on uint8 `images` (and `labels` for conditional families) in place, stage by stage.
 
-    With `sample_weights` [N], each epoch draws its images with replacement in
-    proportion to them (DB-VAE's adaptive resampling) instead of a shuffle.
+    `images` is a uint8 tensor [N, C, H, W] or an image source read batch by
+    batch (see the module docstring). With `sample_weights` [N], each epoch
+    draws its images with replacement in proportion to them (DB-VAE's
+    adaptive resampling) instead of a shuffle. Under torchrun every rank
+    calls this with the same arguments and ends with the same weights.
     """
     config = (config or TrainConfig()).resolved(model)
     config.check()
+    source = None if isinstance(images, torch.Tensor) else _check_source(images)
     n = images.shape[0]
     if n == 0:
         raise GenaugError("no images to train on")
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)  # parameter init noise in families that draw it lazily
+    device = distributed.setup(resolve_device(config.device))
+    world, rank = distributed.world_size(), distributed.rank()
+    # Parameter init noise in families that draw it lazily, and training noise. Each rank
+    # draws its own (one process is rank 0); a stage starts from rank 0's weights anyway.
+    torch.manual_seed(config.seed + rank)
     if device.type == "cuda":
-        torch.cuda.manual_seed_all(config.seed)  # training noise comes from the device's global RNG
+        torch.cuda.manual_seed_all(config.seed + rank)  # training noise comes from the device's global RNG
     generator = torch.Generator().manual_seed(config.seed)
     model.to(device)
-    x_all = images.to(device)
+    if source is None:
+        x_all = images.to(device)
+        fetch, index_device = x_all.__getitem__, device  # the in-memory path: plain indexing, nothing more
+    else:
+        x_all = source
+        fetch, index_device = (lambda idx: _read(source, idx, device)), torch.device("cpu")
     y_all = None if labels is None else labels.to(device)
 
     perm = torch.randperm(n, generator=generator)
     n_val = int(round(config.val_fraction * n)) if n >= MIN_IMAGES_FOR_VALIDATION else 0
-    val_idx, train_idx = perm[:n_val].to(device), perm[n_val:].to(device)
+    val_idx, train_idx = perm[:n_val].to(index_device), perm[n_val:].to(index_device)
     train_weights = val_weights = None
     if sample_weights is not None:
         sample_weights = torch.as_tensor(sample_weights, dtype=torch.float64)
@@ -220,19 +286,22 @@ def train(
     shares = [max(0.0, float(s.budget_share)) for s in stages]
     total_share = sum(shares) or 1.0
     epochs = config.epochs or auto_epochs(train_idx.numel())
-    show = config.progress and console is not None
+    show = config.progress and console is not None and distributed.is_main()
     started = time.perf_counter()
     deadline = None if config.time_limit is None else started + 60.0 * config.time_limit
     reports: list[dict] = []
     last: dict | None = None
     with _progress(show, console) as bar:
-        run = _Run(model, config, x_all, y_all, train_idx, val_idx, train_weights, val_weights, generator,
+        run = _Run(model, config, x_all, fetch, y_all, train_idx, val_idx, train_weights, val_weights, generator,
                    torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"),
-                   console if show else None, bar)
+                   console if show else None, bar, device, world, rank)
         for i, stage in enumerate(stages):
             if stage.prepare is not None:
                 with torch.no_grad():
-                    stage.prepare(x_all[train_idx], None if y_all is None else y_all[train_idx])
+                    idx = _prepare_indices(run)
+                    stage.prepare(_prepare_images(run, idx), None if y_all is None else y_all[idx])
+            # Every rank starts the stage from rank 0's weights, whatever its own init or preparation drew.
+            distributed.broadcast_state(model)
             players = stage.players()
             if not players or shares[i] == 0:
                 continue
@@ -262,6 +331,7 @@ def train(
         final_lr=last["final_lr"],
         time_limited=any(r["time_limited"] for r in reports),
         stages=reports,
+        world_size=world,
     )
     model.metadata["training"] = {**asdict(report), "summary": report.summary(), "config": _config_dict(config)}
     if show:
@@ -298,7 +368,7 @@ def _train_stage(run: _Run, stage: Stage, players: list[Player], epochs: int, de
         result = _train_epoch(run, players, optimizers, ema, deadline)
         time_limited = result.time_limited
         problem, val = result.problem, None
-        if problem is None and not _finite_state(model):
+        if problem is None and distributed.any_rank(not _finite_state(model), run.device):
             problem = "a weight became NaN or infinite"
         if problem is None and n_val:
             with _weights(model, ema):
@@ -325,7 +395,7 @@ def _train_stage(run: _Run, stage: Stage, players: list[Player], epochs: int, de
                     highlight=False,
                 )
             epoch -= 1  # run this epoch again from the restored weights
-            time_limited = False if deadline is None else time.perf_counter() >= deadline
+            time_limited = deadline is not None and distributed.any_rank(time.perf_counter() >= deadline, run.device)
             continue
         epochs_run = epoch
         train_bpd = result.train_bpd
@@ -364,8 +434,9 @@ class _EpochResult:
     time_limited: bool
 
 
-def _batches(run: _Run) -> Iterator[torch.Tensor]:
-    """One epoch of batch indices: a shuffle, or a weighted draw with replacement."""
+def _batches(run: _Run) -> Iterator[tuple[torch.Tensor, int]]:
+    """One epoch of (this rank's indices of a batch, the whole batch's size): a shuffle, or a weighted
+    draw with replacement. Every rank draws the same order and takes its shard of each batch."""
     n_train = run.train_idx.numel()
     if run.train_weights is None:
         pick = torch.randperm(n_train, generator=run.generator)
@@ -373,7 +444,8 @@ def _batches(run: _Run) -> Iterator[torch.Tensor]:
         pick = torch.multinomial(run.train_weights, n_train, replacement=True, generator=run.generator)
     order = run.train_idx[pick.to(run.train_idx.device)]
     for start in range(0, order.numel(), run.config.batch_size):
-        yield order[start : start + run.config.batch_size]
+        batch = order[start : start + run.config.batch_size]
+        yield (batch if run.world == 1 else batch.tensor_split(run.world)[run.rank]), batch.numel()
 
 
 def _train_epoch(run: _Run, players, optimizers, ema, deadline: float | None) -> _EpochResult:
@@ -390,17 +462,24 @@ def _train_epoch(run: _Run, players, optimizers, ema, deadline: float | None) ->
         for player, optimizer in zip(players, optimizers):
             for _ in range(player.steps):
                 interrupt.check()  # a Ctrl-C a library swallowed still stops training
-                batch = next(batches, None)
+                batch, batch_size = next(batches, (None, 0))
                 if batch is None:
                     done = True
                     break
-                y = None if run.y is None else run.y[batch]
-                with run.autocast:
-                    losses: Losses = player.loss(run.x[batch], y, run.step)
-                loss = trimmed_loss(losses, config.trim_fraction if player.trim else None)
+                losses = loss = None
+                if batch.numel():  # a shard of a last batch smaller than the world can be empty
+                    y = None if run.y is None else run.y[batch]
+                    with run.autocast:
+                        losses = player.loss(run.fetch(batch), y, run.step)
+                    loss = trimmed_loss(losses, config.trim_fraction if player.trim else None)
                 # Gradients of every parameter are cleared: a generator's loss reaches the discriminator too.
                 model.zero_grad(set_to_none=True)
-                loss.backward()
+                if loss is not None:
+                    loss.backward()
+                late = False
+                if run.world > 1:
+                    loss, step_nll, late = _all_reduce_step(run, player, losses, loss, batch.numel(), batch_size,
+                                                            deadline)
                 norm = torch.nn.utils.clip_grad_norm_(player.parameters, player.max_grad_norm or config.max_grad_norm)
                 # One device sync per step for both checks; a NaN norm would also turn every clipped gradient NaN.
                 if not bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
@@ -415,16 +494,40 @@ def _train_epoch(run: _Run, players, optimizers, ema, deadline: float | None) ->
                 if ema is not None:
                     ema.update(model)
                 run.step += 1
-                run.seen += batch.numel()
+                run.seen += batch_size
                 last_loss = float(loss.detach())
-                if losses.nll is not None:
+                if run.world > 1:
+                    nll_sum, nll_count = nll_sum + step_nll[0], nll_count + step_nll[1]
+                elif losses.nll is not None:
                     nll_sum += float(losses.nll.float().sum())
                     nll_count += batch.numel()
-                if deadline is not None and time.perf_counter() >= deadline:
+                if late or (run.world == 1 and deadline is not None and time.perf_counter() >= deadline):
                     return _EpochResult(_mean_bpd(nll_sum, nll_count, model), last_loss, None, True)
             if done:
                 break
     return _EpochResult(_mean_bpd(nll_sum, nll_count, model), last_loss, None, False)
+
+
+def _all_reduce_step(run: _Run, player: Player, losses: Losses | None, loss: torch.Tensor | None, k: int,
+                     batch_size: int, deadline: float | None) -> tuple[torch.Tensor, tuple[float, int], bool]:
+    """Make this rank's gradients those of the whole batch's mean loss, on every rank, in one all-reduce.
+
+    This rank's `k` of the batch's `batch_size` images weigh k / batch_size;
+    the loss, the nll sum and count, and whether the deadline has passed
+    (checked here, before the reduction, so all ranks agree) travel in the
+    same buffer. Returns the whole batch's loss (NaN on every rank when it
+    was on any), (nll sum, nll count) and the deadline flag.
+    """
+    extras = torch.zeros(4, device=run.device)
+    if loss is not None:
+        extras[0] = loss.detach().float() * (k / batch_size)
+        if losses.nll is not None:
+            extras[1] = losses.nll.detach().float().sum()
+            extras[2] = k
+    extras[3] = float(deadline is not None and time.perf_counter() >= deadline)
+    total = distributed.reduce_gradients(player.parameters, k / batch_size, extras)
+    stats = total[1:].tolist()  # one read for the three
+    return total[0], (stats[0], int(stats[1])), stats[2] > 0
 
 
 def _mean_bpd(nll_sum: float, count: int, model: GenerativeModel) -> float | None:
@@ -451,18 +554,73 @@ def auto_epochs(n_train: int) -> int:
 
 @torch.inference_mode()
 def _validate(run: _Run, stage: Stage) -> float:
-    """Mean (or weighted mean) of the stage's validation score, with fixed noise so epochs compare fairly."""
+    """Mean (or weighted mean) of the stage's validation score, with fixed noise so epochs compare fairly.
+
+    Under torchrun each rank scores its shard of the split; the sums are all-reduced, so every rank
+    gets the same score and takes the same early-stopping and best-epoch decisions.
+    """
     run.model.eval()
-    generator = torch.Generator(device=run.x.device).manual_seed(run.config.seed)
+    generator = torch.Generator(device=run.device).manual_seed(run.config.seed)
     idx_all = run.val_idx
     w = torch.ones(idx_all.numel(), dtype=torch.float64) if run.val_weights is None else run.val_weights
+    if run.world > 1:
+        idx_all, w = idx_all.tensor_split(run.world)[run.rank], w.tensor_split(run.world)[run.rank]
     total = 0.0
-    for start in range(0, idx_all.numel(), 1024):
-        idx = idx_all[start : start + 1024]
+    for start in range(0, idx_all.numel(), VALIDATION_BATCH):
+        idx = idx_all[start : start + VALIDATION_BATCH]
         y = None if run.y is None else run.y[idx]
-        score = stage.validation(run.x[idx], y, generator=generator).double().reshape(-1)
+        score = stage.validation(run.fetch(idx), y, generator=generator).double().reshape(-1)
         total += float((score.cpu() * w[start : start + idx.numel()]).sum())
-    return total / max(float(w.sum()), 1e-12)
+    weight = float(w.sum())
+    if run.world > 1:
+        sums = distributed.all_reduce_sum(torch.tensor([total, weight], dtype=torch.float64, device=run.device))
+        total, weight = sums.tolist()
+    return total / max(weight, 1e-12)
+
+
+def _check_source(images) -> object:
+    """`images` when it is an image source (len, .shape (N, C, H, W), [indices]); one line when it is not."""
+    shape = getattr(images, "shape", None)
+    if not (hasattr(images, "__getitem__") and hasattr(images, "__len__") and shape is not None and len(shape) == 4):
+        raise GenaugError(
+            f"training images must be a uint8 tensor [N, C, H, W] or an image source with len(), .shape "
+            f"(N, C, H, W) and [indices]; got {type(images).__name__}"
+        )
+    if len(images) != shape[0]:
+        raise GenaugError(f"the image source has {len(images)} images but its shape says {shape[0]}")
+    return images
+
+
+def _read(source, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The images at CPU indices `idx` from an image source, checked, on `device`."""
+    x = source[idx]
+    want = (idx.numel(), *source.shape[1:])
+    if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and tuple(x.shape) == tuple(want)):
+        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise GenaugError(
+            f"the image source returned {got} for {idx.numel()} indices; it must return uint8 {list(want)}"
+        )
+    return x.to(device)
+
+
+def _prepare_indices(run: _Run) -> torch.Tensor:
+    """The training images a stage's `prepare` sees: all of them, or for an image source at most
+    PREPARE_MAX_BYTES of them (a seeded subset, in file order)."""
+    idx = run.train_idx
+    if isinstance(run.images, torch.Tensor):
+        return idx
+    per_image = max(1, math.prod(run.images.shape[1:]))
+    cap = max(1, PREPARE_MAX_BYTES // per_image)
+    if idx.numel() <= cap:
+        return idx
+    keep = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(run.config.seed))[:cap]
+    return idx[keep].sort().values
+
+
+def _prepare_images(run: _Run, idx: torch.Tensor) -> torch.Tensor:
+    if isinstance(run.images, torch.Tensor):
+        return run.images[idx]
+    return torch.cat([run.fetch(idx[i : i + VALIDATION_BATCH]) for i in range(0, idx.numel(), VALIDATION_BATCH)])
 
 
 class _Ema:

@@ -67,3 +67,76 @@ def test_trimmed_loss_leaves_out_the_worst_images():
 
 def test_auto_epochs_scale_with_dataset_size():
     assert auto_epochs(100) == 200 and auto_epochs(10_000) == 20 and auto_epochs(10**7) == 10
+
+
+class CountingSource:
+    """An image source over a tensor (as a Parquet reader would be) that records every read's size."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x, self.shape, self.reads = x, tuple(x.shape), []
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        self.reads.append(idx.numel())
+        return self.x[idx].clone()
+
+
+def smooth_images(n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    base = torch.linspace(0, 255, 8).expand(1, 8, 8)
+    return (base + torch.randint(-30, 31, (n, 1, 8, 8), generator=g)).clamp(0, 255).to(torch.uint8)
+
+
+def test_an_image_source_is_read_one_batch_at_a_time_and_trains_the_same_model_as_the_tensor():
+    x = smooth_images(150)  # 135 to train on (8 batches of 16 and one of 7), 15 to validate on
+    config = TrainConfig(epochs=2, batch_size=16, progress=False)
+    models = []
+    for images in (x, source := CountingSource(x)):
+        torch.manual_seed(0)
+        models.append(VAE((1, 8, 8), latent_dim=4, channels=8, hidden=32))
+        train(models[-1], images, config=config)
+    assert source.reads == 2 * ([16] * 8 + [7] + [15])  # per epoch: the batches, then the validation split
+    a, b = (m.state_dict() for m in models)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stage_is_prepared_on_a_bounded_seeded_subset_of_an_image_source(monkeypatch):
+    import genaug.train as loop
+    from genaug.models.ae import Autoencoder
+
+    x = smooth_images(100)  # 90 training images
+    seen = []
+    def trained(images):
+        torch.manual_seed(0)
+        model = Autoencoder((1, 8, 8), latent_dim=4, channels=8, hidden=32, mixture_components=2)
+        fit_prior = model.fit_prior
+        model.fit_prior = lambda x, y=None: (seen.append(x.clone()), fit_prior(x, y))
+        train(model, images, config=TrainConfig(epochs=1, batch_size=16, progress=False))
+        return model.state_dict()
+
+    # Under the bound, a source gives `prepare` the training split the tensor does: the same model.
+    a, b = trained(x), trained(CountingSource(x))
+    assert torch.equal(seen[0], seen[1]) and len(seen[0]) == 90
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Over it, at most PREPARE_MAX_BYTES of distinct training images, read in pieces.
+    monkeypatch.setattr(loop, "PREPARE_MAX_BYTES", 40 * 64)
+    monkeypatch.setattr(loop, "VALIDATION_BATCH", 16)
+    source = CountingSource(x)
+    trained(source)
+    assert len(seen[2]) == 40 and len(torch.unique(seen[2].flatten(1), dim=0)) == 40
+    assert max(source.reads) <= 16
+
+
+def test_a_bad_image_source_is_one_clear_line():
+    model = VAE((1, 8, 8), latent_dim=4, channels=8, hidden=32)
+    with pytest.raises(GenaugError, match="uint8 tensor .* or an image source"):
+        train(model, [[0] * 64] * 30, config=TrainConfig(epochs=1, progress=False))
+
+    class FloatSource(CountingSource):
+        def __getitem__(self, idx):
+            return super().__getitem__(idx).float()
+
+    with pytest.raises(GenaugError, match=r"returned torch.float32 \[16, 1, 8, 8\].*must return uint8"):
+        train(model, FloatSource(smooth_images(30)), config=TrainConfig(epochs=1, batch_size=16, progress=False))

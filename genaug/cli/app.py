@@ -422,6 +422,10 @@ def fit(
     )
     model.metadata["command"] = _command_line()
     save_model(model, output)
+    from genaug import distributed
+
+    if not distributed.is_main():
+        return  # under torchrun rank 0 wrote the checkpoint, and it alone reports it
     n_cal = model.metadata["data"]["n_calibration"]
     if not quiet:
         err.print(f"saved {model.name} ({model_hash(model)}) to {output}; {n_cal} calibration scores stored")
@@ -1005,4 +1009,4 @@ def env(json_output: JsonOutput = False) -> None:
 
 
 # Commands kept in their own modules register themselves on `app` when imported.
-from genaug.cli import evaluate_cmd, report_cmd  # noqa: E402,F401
+from genaug.cli import evaluate_cmd, report_cmd, run_cmd  # noqa: E402,F401
