@@ -106,15 +106,9 @@ class DetectionResult:
 
     def columns(self) -> dict[str, np.ndarray]:
         """The job's output columns, in schema order."""
-        return {
-            "score": self.score,
-            "bits_per_dim": self.bits_per_dim if self.bits_per_dim is not None else pa.nulls(len(self.score), pa.float64()),
-            "p_value": self.p_value,
-            "is_outlier": self.is_outlier,
-            "rank": self.rank,
-            "rarity": self.rarity if self.rarity is not None else pa.nulls(len(self.score), pa.float64()),
-            "category": self.category.tolist() if self.category is not None else pa.nulls(len(self.score), pa.string()),
-        }
+        return result_columns(
+            self.score, self.bits_per_dim, self.p_value, self.is_outlier, self.rank, self.rarity, self.category
+        )
 
     def table(self) -> pa.Table:
         """The result as a pyarrow Table with the Parquet schema of DESIGN.md."""
@@ -149,6 +143,40 @@ class DetectionResult:
         """Positions of the `n` highest-scoring images, most anomalous first."""
         return [int(i) for i in np.argsort(self.rank, kind="stable")[:n]]
 
+    def top_rows(self, n: int = 10) -> list[dict]:
+        """The `n` highest-scoring images as rows (`describe_rows`), most anomalous first."""
+        top = self.top(n)
+        labels, names = self.data.labels, self.data.class_names
+        label = [None if labels is None else (names[labels[i]] if names else str(labels[i])) for i in top]
+        return describe_rows(self, top, [self.data.ids[i] for i in top], label)
+
+
+def describe_rows(result, rows: list[int], ids: list[str], labels: list[str | None]) -> list[dict]:
+    """Rows of a detection result for display: rank, index, id, label (its class name where there
+    is one), score, bits_per_dim, p_value, is_outlier."""
+    bpd = result.bits_per_dim
+    return [
+        {"rank": int(result.rank[i]), "index": i, "id": ids[k], "label": labels[k], "score": float(result.score[i]),
+         "bits_per_dim": None if bpd is None else float(bpd[i]), "p_value": float(result.p_value[i]),
+         "is_outlier": bool(result.is_outlier[i])}
+        for k, i in enumerate(rows)
+    ]  # fmt: skip
+
+
+def result_columns(score, bits_per_dim, p_value, is_outlier, rank, rarity, category) -> dict:
+    """A detection's output columns, in schema order (a missing `bits_per_dim`, `rarity` or
+    `category` is a typed null column): one place for the in-memory and streaming writers."""
+    n = len(score)
+    return {
+        "score": score,
+        "bits_per_dim": bits_per_dim if bits_per_dim is not None else pa.nulls(n, pa.float64()),
+        "p_value": p_value,
+        "is_outlier": is_outlier,
+        "rank": rank,
+        "rarity": rarity if rarity is not None else pa.nulls(n, pa.float64()),
+        "category": category.tolist() if category is not None else pa.nulls(n, pa.string()),
+    }
+
 
 def detect_outliers(
     data: ImageSet,
@@ -177,43 +205,27 @@ def detect_outliers(
     """
     console = resolve_console(console)
     data = as_imageset(data)
-    check_fraction("fdr", fdr)
-    if contamination is not None:
-        check_fraction("contamination", contamination)
-    if model is not None and isinstance(model, (str, Path)):
-        model_path, model = str(model), load_model(model)
-    else:
-        model_path = None
-    # Everything needed is checked before any training: the score, the options.
-    cls = type(model) if model is not None else get_family(family)
-    # A fitted model offers `llr` only when it carries a background model; a family whenever it has a likelihood.
-    kind = resolve_score(score, model if model is not None else cls)
-    settings: dict = {"score": kind, "fdr": fdr, "contamination": contamination}
-    if model_path is not None:
-        settings["model_path"] = model_path
-
     if model is not None:
-        record = CalibrationRecord.of(model)
-        # --iwae-k may restate the calibrated options, never change them: the p-values compare like with like.
-        options = scoring_options(cls, iwae_k, record.nll_options)
-        if mutation_rate is not None:
-            raise GenaugError("--mutation-rate applies to self-audit; a fitted model's background model keeps its own")
-        if options != scoring_options(cls, None, record.nll_options):
-            raise GenaugError(f"the model was calibrated with {record.nll_options}; score with the same options")
+        # Everything needed is checked before any work: the score, the options.
+        plan = reference_plan(model, score=score, fdr=fdr, contamination=contamination, iwae_k=iwae_k,
+                              mutation_rate=mutation_rate)  # fmt: skip
+        model, settings, reference = plan.model, plan.settings, plan.record.scores
         labels = data.label_tensor() if model.num_classes > 0 else None
         raw = score_images(
-            model, data.images, labels, nll_options=options, batch_size=batch_size, console=console,
-            with_background=reads_background(kind),
+            model, data.images, labels, nll_options=plan.options, batch_size=batch_size, console=console,
+            with_background=reads_background(plan.kind), with_features=True,
         )
-        s = score_values(raw, kind, record.scores)
-        p = conformal_p_values(score_values(record.scores, kind, record.scores), s)
-        settings.update(mode="reference", model=model.name, model_hash=model_hash(model), n_calibration=record.size)
-        if needs_background(kind):
-            settings["mutation_rate"] = background_of(model).metadata["mutation_rate"]
-        reference_bpd = record.scores.bits_per_dim
+        kind, reference_bpd = plan.kind, reference.bits_per_dim
     else:
+        check_fraction("fdr", fdr)
+        if contamination is not None:
+            check_fraction("contamination", contamination)
+        cls = get_family(family)
+        # A family offers `llr` whenever it has a likelihood.
+        kind = resolve_score(score, cls)
+        settings = {"score": kind, "fdr": fdr, "contamination": contamination}
         options = scoring_options(cls, iwae_k)
-        reference_bpd = None
+        reference, reference_bpd = None, None
         background = check_llr(cls, mutation_rate, needed=needs_background(kind))
         if background is not None:
             settings["mutation_rate"] = background
@@ -221,43 +233,143 @@ def detect_outliers(
             data, family=family, model_options=model_options, folds=folds, nll_options=options,
             background=background, train_config=train_config, batch_size=batch_size, console=console,
         )
-        # The data may hold the outliers: typicality measures from their median.
-        s = score_values(raw, kind, raw, robust=True)
-        p = tail_p_values(s)
         trim = train_config.trim_fraction if train_config and train_config.trim_fraction is not None else SELF_AUDIT_TRIM
         settings.update(mode="self-audit", model=family, folds=folds, trim_fraction=trim)
+        settings["nll_options"] = options
+        if "iwae_k" in options:
+            settings["iwae_k"] = options["iwae_k"]
+    flagged = calibrate_and_flag(
+        raw, kind=kind, requested=score, reference=reference, fdr=fdr, contamination=contamination, settings=settings
+    )
+    warn_all(flagged.warnings)
+    return DetectionResult(
+        data=data,
+        score=flagged.score,
+        bits_per_dim=raw.bits_per_dim,
+        p_value=flagged.p_value,
+        is_outlier=flagged.is_outlier,
+        rank=flagged.rank,
+        settings=settings,
+        png=raw.png,
+        warnings=flagged.warnings,
+        reference_bits_per_dim=reference_bpd,
+        rarity=flagged.rarity,
+        category=flagged.category,
+    )
+
+
+@dataclass
+class ReferencePlan:
+    """What reference-mode detection scores with, checked before any image is read: the model, the
+    resolved score, the scoring options, the calibration record and the settings written out."""
+
+    model: GenerativeModel
+    kind: str
+    options: dict
+    record: CalibrationRecord
+    settings: dict
+
+
+def reference_plan(
+    model: GenerativeModel | str | Path,
+    *,
+    score: str = "auto",
+    fdr: float = DEFAULT_FDR,
+    contamination: float | None = None,
+    iwae_k: int | None = None,
+    mutation_rate: float | None = None,
+    device: str | torch.device = "cpu",
+) -> ReferencePlan:
+    """Check a reference-mode detection before any work (`fdr`, `contamination`, the score the model
+    offers, scoring options equal to the calibrated ones) and gather what scoring needs.
+
+    `model` is a fitted model or a checkpoint path (loaded here, onto `device`).
+    Shared by `detect_outliers` and the streaming engines
+    (`genaug.pipelines.engines`), so both refuse and record alike.
+    """
+    check_fraction("fdr", fdr)
+    if contamination is not None:
+        check_fraction("contamination", contamination)
+    model_path = None
+    if isinstance(model, (str, Path)):
+        model_path, model = str(model), load_model(model, device=device)
+    # A fitted model offers `llr` only when it carries a background model.
+    kind = resolve_score(score, model)
+    settings: dict = {"score": kind, "fdr": fdr, "contamination": contamination}
+    if model_path is not None:
+        settings["model_path"] = model_path
+    record = CalibrationRecord.of(model)
+    cls = type(model)
+    # --iwae-k may restate the calibrated options, never change them: the p-values compare like with like.
+    options = scoring_options(cls, iwae_k, record.nll_options)
+    if mutation_rate is not None:
+        raise GenaugError("--mutation-rate applies to self-audit; a fitted model's background model keeps its own")
+    if options != scoring_options(cls, None, record.nll_options):
+        raise GenaugError(f"the model was calibrated with {record.nll_options}; score with the same options")
+    settings.update(mode="reference", model=model.name, model_hash=model_hash(model), n_calibration=record.size)
+    if needs_background(kind):
+        settings["mutation_rate"] = background_of(model).metadata["mutation_rate"]
     settings["nll_options"] = options
     if "iwae_k" in options:
         settings["iwae_k"] = options["iwae_k"]
+    return ReferencePlan(model, kind, options, record, settings)
 
+
+@dataclass
+class Flags:
+    """A detection's per-image results computed from the gathered raw scores of every image."""
+
+    score: np.ndarray
+    p_value: np.ndarray
+    is_outlier: np.ndarray
+    rank: np.ndarray
+    rarity: np.ndarray
+    category: np.ndarray
+    warnings: list[str]
+
+
+def calibrate_and_flag(
+    raw: RawScores,
+    *,
+    kind: str,
+    requested: str,
+    reference: RawScores | None,
+    fdr: float,
+    contamination: float | None,
+    settings: dict,
+) -> Flags:
+    """Scores, p-values, flags, ranks and rarity from the raw scores of *every* image.
+
+    With `reference` (the calibration record's raw scores) split-conformal
+    p-values against it; without (self-audit) the tail estimate of the
+    scores' own null. Flags by BH at `fdr` over all images at once, or the
+    top `contamination` share: never per shard, so a streamed or
+    distributed job flags exactly as the in-memory one. `raw.features`
+    (and `feature_group`) must be set, for rarity. `requested` is the score
+    as asked (for the `auto` fallback warning); `settings` gains the flag
+    rule and the edge-case share. The in-memory job and the streaming
+    engines all end here.
+    """
+    if reference is not None:
+        s = score_values(raw, kind, reference)
+        p = conformal_p_values(score_values(reference, kind, reference), s)
+    else:
+        # The data may hold the outliers: typicality measures from their median.
+        s = score_values(raw, kind, raw, robust=True)
+        p = tail_p_values(s)
     warnings = []
-    if score.lower() == "auto" and kind == FALLBACK_SCORE:
+    if requested.lower() == "auto" and kind == FALLBACK_SCORE:
         warnings.append(
             f"auto scored {FALLBACK_SCORE}: the model has no background model for {DEFAULT_SCORE}, the default "
             "score; refit with --llr, the default (genaug.fit(..., llr=True)), to use it"
         )
-    if settings["mode"] == "reference" and contamination is None:
-        warnings += bh_resolution_warning(settings["n_calibration"], len(data), fdr)
+    if reference is not None and contamination is None:
+        warnings += bh_resolution_warning(settings["n_calibration"], len(s), fdr)
     flags = top_fraction(s, contamination) if contamination is not None else benjamini_hochberg(p, fdr)
     settings["flag_rule"] = f"top {contamination:.2%}" if contamination is not None else f"BH at fdr {fdr}"
-    features = raw.features if raw.features is not None else model_features(model, data.images, batch_size=batch_size)
-    rarity = grouped_rarity(features, ~flags, raw.feature_group)
+    rarity = grouped_rarity(raw.features, ~flags, raw.feature_group)
     settings["edge_share"] = EDGE_SHARE
-    warn_all(warnings)
-    return DetectionResult(
-        data=data,
-        score=s,
-        bits_per_dim=raw.bits_per_dim,
-        p_value=p,
-        is_outlier=flags,
-        rank=rank_descending(s),
-        settings=settings,
-        png=raw.png,
-        warnings=warnings,
-        reference_bits_per_dim=reference_bpd,
-        rarity=rarity,
-        category=categories(flags, rarity),
-    )
+    return Flags(s, p, flags, rank_descending(s), rarity, categories(flags, rarity), warnings)
 
 
 def bh_resolution_warning(n_calibration: int, n_test: int, fdr: float) -> list[str]:

@@ -11,6 +11,11 @@ alone) remembers that an interrupt came, and `check()`, called where work
 is long (every training step, every progress step) and before any output
 is renamed into place, raises it again. An interrupt so always stops the
 job before it writes anything, however it was first caught.
+
+An interrupt that lands while a module is being imported is only noted, and
+`check()` raises it at the next step: a KeyboardInterrupt raised inside an
+import may run through C++ (torch's `_c10d_init` calls back into Python),
+which cannot carry it and aborts the process instead.
 """
 
 from __future__ import annotations
@@ -21,10 +26,21 @@ import threading
 _received = False
 
 
+def _inside_import(frame) -> bool:
+    """Whether `frame` runs under the import machinery (frozen, or from source)."""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "importlib._bootstrap" in name or "importlib/_bootstrap" in name:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _handler(signum, frame) -> None:
     global _received
     _received = True
-    raise KeyboardInterrupt
+    if not _inside_import(frame):
+        raise KeyboardInterrupt
 
 
 def install() -> None:

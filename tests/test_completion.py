@@ -113,7 +113,9 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "genaug", *map(str, args)], capture_output=True, text=True)
 
 
-def test_cli_completes_a_file_and_refuses_what_does_not_fit(model, few, tmp_path):
+def test_cli_completes_a_file_and_refuses_what_does_not_fit(model, few, tmp_path, capsys):
+    from genaug.cli.app import main
+
     ckpt = tmp_path / "m.safetensors"
     save_model(model, ckpt)
     data = tmp_path / "few.npz"
@@ -134,6 +136,7 @@ def test_cli_completes_a_file_and_refuses_what_does_not_fit(model, few, tmp_path
         (["--complete", data, "--keep-mask", mask, "-o", tmp_path / "x.parquet"], "is 8x6 but the model's images are 8x8"),
         (["-o", tmp_path / "x.parquet"], "give -n"),
     ]:
-        bad = run_cli("synthesize", "--model-path", ckpt, *args)
-        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        code = main(["synthesize", "--model-path", str(ckpt), *map(str, args)])  # in process: no start-up
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "x.parquet").exists()

@@ -84,3 +84,15 @@ def test_detect_outliers_writes_rarity_and_category_for_every_image(digits, tmp_
     rarity = np.array(table["rarity"].to_pylist())
     assert np.all((rarity >= 0) & (rarity <= 1))
     assert rarity[cat == EDGE_CASE].min() > rarity[cat == TYPICAL].max()
+
+
+def test_a_sampled_reference_ranks_images_as_the_full_search_does():
+    from scipy.stats import spearmanr
+
+    z, rare = _common_and_rare(2, n_common=2910, n_rare=90)
+    inliers = np.ones(len(z), dtype=bool)
+    full = feature_rarity(z, inliers)
+    sampled = feature_rarity(z, inliers, max_reference=600)
+    assert spearmanr(full, sampled).statistic > 0.9
+    assert sampled[rare].mean() > 0.9 and sampled[~rare].mean() < 0.55
+    assert np.array_equal(sampled, feature_rarity(z, inliers, max_reference=600))  # seeded: reproducible

@@ -35,7 +35,7 @@ def result(biased):
     """knn: inverted digits are scattered over the digit classes' regions, isolated images
     rather than one group, which knn lifts and the default (clusters) does not."""
     data, _ = biased
-    return rebalance(data, density="knn", synthesize=40, train_config=genaug.TrainConfig(progress=False))
+    return rebalance(data, density="knn", synthesize=40, train_config=genaug.TrainConfig(epochs=10, progress=False))
 
 
 @pytest.fixture(scope="module")

@@ -218,6 +218,7 @@ DataArg = Annotated[str, typer.Argument(help="Image folder, .parquet, .npz, or a
 ImageSize = Annotated[Optional[str], typer.Option("--image-size", help="Resize every image to N or HxW pixels.")]
 # Fixed choices (the jobs' own tuples, copied here so `genaug --help` needs no torch; a test keeps them equal).
 MODES = ("gray", "rgb")
+ENGINES = ("local", "ray")
 DENSITIES = ("clusters", "mixture", "knn", "kde", "gmm", "histogram")
 AGGREGATES = ("product", "max")
 
@@ -229,6 +230,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 
 Mode, Density, Aggregate = _choices("Mode", MODES), _choices("Density", DENSITIES), _choices("Aggregate", AGGREGATES)
+Engine = _choices("Engine", ENGINES)
 
 
 def _value(choice):
@@ -478,17 +480,58 @@ def detect_outliers(
     id_column: IdColumn = None,
     allow_outside_root: AllowOutsideRoot = False,
     max_pixels: MaxPixels = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            case_sensitive=False,
+            help="Where scoring runs when DATA is Parquet and --model-path is given (the job then streams: "
+            "bounded memory, same output): local (this process) or ray (Ray Data actors; pip install 'genaug[ray]').",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(help="With --engine ray: the cluster to join (ray://HOST:10001, or auto). Default: start a "
+                     "local Ray for the job.", show_default=False),
+    ] = None,
+    ray_concurrency: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="With --engine ray: scoring actors. Default: one per GPU, else 2.", show_default=False),
+    ] = None,
     quiet: Quiet = False,
     json_output: JsonOutput = False,
 ) -> None:
-    """Score every image of DATA, flag outliers, and write a ranked Parquet file."""
-    from genaug.detect import detect_outliers as run_detection
+    """Score every image of DATA, flag outliers, and write a ranked Parquet file.
+
+    With --model-path and Parquet DATA (a file, a folder of Parquet files, a partitioned dataset or a
+    glob) the job streams: memory stays bounded whatever the size, and the output is the same.
+    """
+    from genaug.data.streaming import is_parquet_source
     from genaug.models.store import load_model
     from genaug.train import resolve_device
 
     _check_output(output, ("DATA", data), ("--model-path", model_path))
     if report is not None:
         _check_output(report, ("DATA", data), ("--model-path", model_path), ("-o", output))
+    engine = _value(engine)
+    if engine == "ray" and model_path is None:
+        raise GenaugError("--engine ray needs --model-path (reference mode); self-audit trains on DATA and runs locally")
+    if engine != "ray" and (ray_address is not None or ray_concurrency is not None):
+        raise GenaugError("--ray-address and --ray-concurrency go with --engine ray")
+    streams = model_path is not None and is_parquet_source(data)
+    if engine == "ray" and not streams:
+        raise GenaugError(
+            f"--engine ray reads Parquet input (a .parquet file, a folder of Parquet files or a glob); {data} is not"
+        )
+    if streams:
+        return _detect_streaming(
+            data, output, model_path, report=report, top=top, engine=engine, ray_address=ray_address,
+            ray_concurrency=ray_concurrency, device=device, quiet=quiet, score=score, fdr=fdr,
+            contamination=contamination, iwae_k=iwae_k, mutation_rate=mutation_rate, image_size=_parse_size(image_size),
+            mode=_value(mode), image_column=image_column, label_column=label_column, id_column=id_column,
+            allow_outside_root=allow_outside_root, max_pixels=max_pixels,
+        )  # fmt: skip
+    from genaug.detect import detect_outliers as run_detection
+
     images = _load(data, image_size, mode, image_column, label_column, id_column, allow_outside_root, max_pixels)
     model = load_model(model_path, device=resolve_device(device)) if model_path is not None else None
     result = run_detection(
@@ -513,15 +556,49 @@ def detect_outliers(
 
         settings = {"version": __version__, "job": "detect-outliers", "command": _command_line(), **result.settings}
         write_report(table, report, settings=settings, class_names=result.data.class_names, title=f"genaug report: {output.name}")
+    _say_detected(result, output, report, top, "local")
+
+
+def _detect_streaming(data, output, model_path, *, report, top, engine, ray_address, ray_concurrency, device, quiet,
+                      **options) -> None:  # fmt: skip
+    """detect-outliers on Parquet input with a fitted model: streamed by the local or the Ray engine."""
+    from genaug.train import resolve_device
+
+    console = None if quiet else err
+    if engine == "ray":
+        from genaug.pipelines.engines import ray as ray_engine
+
+        result = ray_engine.detect_outliers_parquet(
+            data, output, model=model_path, address=ray_address, concurrency=ray_concurrency, console=console,
+            command=_command_line(), **options,
+        )  # fmt: skip
+    else:
+        from genaug.pipelines.engines import local
+
+        result = local.detect_outliers_parquet(
+            data, output, model=model_path, device=resolve_device(device), console=console, command=_command_line(),
+            **options,
+        )  # fmt: skip
+    if report is not None:
+        from genaug.report import write_report
+
+        settings = {"version": __version__, "job": "detect-outliers", "command": _command_line(), **result.settings}
+        write_report(output, report, settings=settings, class_names=result.class_names, title=f"genaug report: {output.name}")
+    _say_detected(result, output, report, top, engine)
+
+
+def _say_detected(result, output: Path, report: Path | None, top: int, engine: str) -> None:
+    """A detection's warnings, top outliers and summary line, and its --json object."""
     _print_warnings(result.warnings)
     _print_top(result, top)
+    n = len(result.score)
     rule = result.settings["flag_rule"]
     out.print(
-        f"flagged {result.n_flagged} of {len(images)} images ({rule}, {result.settings['mode']}, "
+        f"flagged {result.n_flagged} of {n} images ({rule}, {result.settings['mode']}, "
         f"score {result.settings['score']}) -> {output}",
         highlight=False,
     )
-    emit(output=str(output), report=None if report is None else str(report), n_images=len(images),
+    emit(output=str(output), report=None if report is None else str(report), n_images=n, engine=engine,
          n_flagged=result.n_flagged, n_edge_cases=int((result.category == "edge-case").sum()),
          settings=result.settings, warnings=result.warnings)  # fmt: skip
 
@@ -529,22 +606,21 @@ def detect_outliers(
 def _print_top(result, n: int) -> None:
     if n <= 0:
         return
-    table = Table(title=f"top {min(n, len(result.data))} outliers", title_justify="left")
+    rows = result.top_rows(n)
+    table = Table(title=f"top {len(rows)} outliers", title_justify="left")
     for name in ("rank", "index", "id", "label", "score", "bits/dim", "p-value", "flagged"):
         # Ids are what users search for: wrap them rather than cut them short.
         table.add_column(name, justify="left" if name == "id" else "right", overflow="fold" if name == "id" else "ellipsis")
-    labels, names = result.data.labels, result.data.class_names
-    for i in result.top(n):
-        label = "" if labels is None else (names[labels[i]] if names else str(labels[i]))
+    for row in rows:
         table.add_row(
-            str(result.rank[i]),
-            str(i),
-            result.data.ids[i],
-            label,
-            f"{result.score[i]:.3f}",
-            "" if result.bits_per_dim is None else f"{result.bits_per_dim[i]:.3f}",
-            f"{result.p_value[i]:.2g}",
-            "yes" if result.is_outlier[i] else "",
+            str(row["rank"]),
+            str(row["index"]),
+            row["id"],
+            row["label"] or "",
+            f"{row['score']:.3f}",
+            "" if row["bits_per_dim"] is None else f"{row['bits_per_dim']:.3f}",
+            f"{row['p_value']:.2g}",
+            "yes" if row["is_outlier"] else "",
         )
     out.print(table)
 

@@ -194,17 +194,28 @@ def load_images(
             f"cannot read images from {objects.describe(source)!r} input; give a path or URI, an ImageSet, a uint8 "
             "array or tensor, a Hugging Face datasets.Dataset or a torch Dataset"
         )
+    columns = (image_column, label_column, id_column)
     if remote.is_uri(source):
         local = remote.local_path(source)
+        if local is None and is_glob(source):  # no single thing to copy: read in place
+            from genaug.data import streaming
+
+            read = streaming.open_parquet(source, *columns, max_pixels=cap).read_all()
+            return _finish(read, size, target_mode, source)
         if local is None:
             with remote.staged(source, FOLDER_EXTENSIONS | PARQUET_EXTENSIONS | {".npz"}) as copy:
-                read = (_read_folder(copy, False, cap) if copy.is_dir()
-                        else _read_file(copy, image_column, label_column, id_column, False, cap))  # fmt: skip
+                read = (_read_dir(copy, *columns, False, cap) if copy.is_dir()
+                        else _read_file(copy, *columns, False, cap))  # fmt: skip
             return _finish(_without_paths(read), size, target_mode, source)
         source = local
     path = Path(source)
     if path.is_dir():
-        read = _read_folder(path, allow_outside_root, cap)
+        read = _read_dir(path, *columns, allow_outside_root, cap)
+    elif not path.exists() and is_glob(str(source)):
+        from genaug.data import streaming
+
+        dataset = streaming.open_parquet(str(source), *columns, allow_outside_root=allow_outside_root, max_pixels=cap)
+        read = dataset.read_all()
     elif path.is_file():
         read = _read_file(path, image_column, label_column, id_column, allow_outside_root, cap)
     elif str(source) in BUILTIN_DATASETS:
@@ -263,8 +274,9 @@ def _read_regular(path: str, *, follow: bool) -> bytes:
         return f.read()
 
 
-def _read_named(written: str, root: str, where: str, allow_outside: bool) -> bytes:
-    """The bytes of the image file a dataset names: `written`, relative to `root` unless absolute.
+def _read_named(written: str, root: str, where: str, allow_outside: bool, base: str | None = None) -> bytes:
+    """The bytes of the image file a dataset names: `written`, relative to `base` (default `root`)
+    unless absolute.
 
     Read only if its real path (links resolved) is inside `root`, or with
     `allow_outside`. Otherwise every failure, whether the path is outside,
@@ -272,7 +284,7 @@ def _read_named(written: str, root: str, where: str, allow_outside: bool) -> byt
     reveals nothing about files outside the root.
     """
     try:
-        real = os.path.realpath(os.path.join(root, written))
+        real = os.path.realpath(os.path.join(root if base is None else base, written))
         if allow_outside or _inside(real, root):
             return _read_regular(real, follow=False)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
@@ -296,8 +308,36 @@ def _inside(real: str, root: str) -> bool:
 
 
 # -- folders ---------------------------------------------------------------
-def _read_folder(root: Path, allow_outside: bool, cap: int) -> _Read:
+def _read_dir(root: Path, image_column, label_column, id_column, allow_outside: bool, cap: int) -> _Read:
+    """A folder of images, or, when it holds Parquet files and no images, a Parquet dataset
+    (every Parquet file below it, in path order: `genaug.data.streaming`)."""
     found = _image_files(root, allow_outside)
+    if not found and has_parquet_files(root):
+        from genaug.data import streaming
+
+        source = streaming.open_parquet(
+            root, image_column, label_column, id_column, allow_outside_root=allow_outside, max_pixels=cap
+        )
+        return source.read_all()
+    return _read_folder(root, allow_outside, cap, found)
+
+
+def is_glob(text: str) -> bool:
+    """Whether a source names files by a pattern (`*`, `?` or `[`), e.g. `shards/*.parquet`."""
+    return any(c in text for c in "*?[")
+
+
+def has_parquet_files(root: Path) -> bool:
+    """Whether a folder holds a Parquet file at any depth (hidden and `_`-prefixed names skipped)."""
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith((".", "_"))]
+        if any(os.path.splitext(f)[1].lower() in PARQUET_EXTENSIONS for f in files if not f.startswith((".", "_"))):
+            return True
+    return False
+
+
+def _read_folder(root: Path, allow_outside: bool, cap: int, found: list | None = None) -> _Read:
+    found = _image_files(root, allow_outside) if found is None else found
     if not found:
         raise GenaugError(f"no images found in {root} (looked for {', '.join(sorted(FOLDER_EXTENSIONS))})")
     rel = [r for r, _ in found]
@@ -465,12 +505,20 @@ def read_table(
     allow_outside: bool,
     cap: int,
     class_names: list[str] | None = None,
+    first_row: int = 0,
+    base: str | None = None,
+    labels: tuple[np.ndarray, list[str] | None] | None = None,
 ) -> _Read:
     """The images, labels and ids of a pyarrow table (a Parquet file's, or a Hugging Face dataset's).
 
-    Image cells are the HF struct, encoded bytes or a path, read inside
-    `root` unless `allow_outside`; `class_names` (a ClassLabel's) name
-    integer labels.
+    Image cells are the HF struct, encoded bytes or a path (relative to
+    `base`, default `root`), read inside `root` unless `allow_outside`; a
+    `root` of None refuses path cells (data on a remote filesystem).
+    `class_names` (a ClassLabel's) name integer labels. A part of a larger
+    dataset (`genaug.data.streaming`) gives its first row's number in the
+    file, `first_row` (for default ids and messages), and its `labels`
+    (and class names) as already read for the whole dataset, so
+    `label_name` is not read here.
     """
     import pyarrow as pa
 
@@ -478,34 +526,47 @@ def read_table(
         cells = table.column(image_name).to_pylist()
         label_values = None
         # An all-null label column (genaug's output for unlabelled data) means no labels.
-        if label_name is not None and table.column(label_name).null_count < table.num_rows:
+        if labels is None and label_name is not None and table.column(label_name).null_count < table.num_rows:
             label_values = table.column(label_name).to_pylist()
         id_values = None if id_name is None else table.column(id_name).to_pylist()
     except (OSError, ValueError, pa.ArrowException) as e:
         raise GenaugError(f"cannot read {where}: {first_line(e)}") from None
 
     # Labels and ids first: a bad label column fails before any image is decoded.
-    labels = names = None
-    if label_values is not None:
-        labels, names = _labels(label_values, where, label_name)
-        if class_names is not None and names is None:
-            if len(labels) and labels.max() >= len(class_names):
-                raise GenaugError(
-                    f"label column '{label_name}' in {where} has label {labels.max()} beyond its "
-                    f"{len(class_names)} class names"
-                )
-            names = class_names
+    if labels is not None:
+        labels, names = labels
+    elif label_values is not None:
+        labels, names = table_labels(label_values, where, label_name, class_names)
+    else:
+        labels = names = None
     if id_values is not None:
         if any(v is None for v in id_values):
             raise GenaugError(f"id column '{id_name}' in {where} has missing values")
         ids = [str(v) for v in id_values]
     else:
-        ids = [f"{stem}-{i:06d}" for i in range(len(cells))]
+        ids = [f"{stem}-{first_row + i:06d}" for i in range(len(cells))]
+    rows = range(first_row, first_row + len(cells))
     loaders = [
-        _cell_loader(cell, root, f"row {i} of {where}", image_name, allow_outside) for i, cell in enumerate(cells)
+        _cell_loader(cell, root, f"row {i} of {where}", image_name, allow_outside, base) for i, cell in zip(rows, cells)
     ]
-    tensors = _decode_many(loaders, [f"{where} row {i}" for i in range(len(cells))], cap)
+    tensors = _decode_many(loaders, [f"{where} row {i}" for i in rows], cap)
     return tensors, labels, names, ids, [_cell_path(c) for c in cells]
+
+
+def table_labels(
+    values: list, where: str, label_name: str, class_names: list[str] | None = None
+) -> tuple[np.ndarray, list[str] | None]:
+    """Labels and class names of a label column's values (`_labels`); `class_names` (a
+    ClassLabel's) name integer labels and must cover them."""
+    labels, names = _labels(values, where, label_name)
+    if class_names is not None and names is None:
+        if len(labels) and labels.max() >= len(class_names):
+            raise GenaugError(
+                f"label column '{label_name}' in {where} has label {labels.max()} beyond its "
+                f"{len(class_names)} class names"
+            )
+        names = class_names
+    return labels, names
 
 
 def _guess_image_column(schema) -> str | None:
@@ -522,8 +583,11 @@ def _guess_image_column(schema) -> str | None:
     return None
 
 
-def _cell_loader(cell, root: str, where: str, column: str, allow_outside: bool) -> Callable[[], bytes]:
-    """A function returning the encoded bytes of one image-column cell (a path is read only when called)."""
+def _cell_loader(
+    cell, root: str | None, where: str, column: str, allow_outside: bool, base: str | None = None
+) -> Callable[[], bytes]:
+    """A function returning the encoded bytes of one image-column cell (a path is read only when called;
+    relative to `base`, default `root`; refused when `root` is None)."""
     if isinstance(cell, dict):  # the Hugging Face image struct: its bytes win, else its path
         data = cell.get("bytes")
         if data is None:
@@ -534,7 +598,12 @@ def _cell_loader(cell, root: str, where: str, column: str, allow_outside: bool) 
         data = bytes(cell)
         return lambda: data
     if isinstance(cell, str):
-        return partial(_read_named, cell, root, where, allow_outside)
+        if root is None:
+            raise GenaugError(
+                f"column '{column}' {where} names a file ({shown(cell)}); image paths in a Parquet file are read "
+                "only from a local disk (or file://), store the image bytes to read it from elsewhere"
+            )
+        return partial(_read_named, cell, root, where, allow_outside, base)
     raise GenaugError(f"column '{column}' {where} holds neither image bytes nor a path")
 
 

@@ -29,6 +29,7 @@ from genaug.progress import progress_bar
 from genaug.scoring.complexity import png_bits_per_dim
 from genaug.scoring.ensemble import combine
 from genaug.scoring.nll import model_bits_per_dim, model_raw_scores
+from genaug.scoring.rarity import model_features
 from genaug.scoring.typicality import entropy_estimate
 
 # Scores every family with a likelihood offers; `llr` also needs a background model (see available_scores).
@@ -124,13 +125,19 @@ def score_images(
     seed: int = 0,
     console=None,
     with_background: bool = True,
+    with_features: bool = False,
+    first_row: int = 0,
 ) -> RawScores:
     """Model bits/dim (where the family has a likelihood; the background model's too where the
-    model carries one, unless `with_background` is False), its raw scores, PNG bits/dim and PNG bytes.
+    model carries one, unless `with_background` is False), its raw scores, PNG bits/dim and PNG bytes,
+    and with `with_features` the feature vectors rarity measures in (`model_features`).
 
     PNG encoding runs in worker threads while the model scores (zlib and
     torch both release the GIL), so the output images cost no extra pass.
-    A progress bar is drawn on `console` when one is given.
+    A progress bar is drawn on `console` when one is given. `images` may
+    be part of a larger dataset starting at row `first_row`, a multiple of
+    `batch_size`: its scores are then those the whole dataset's rows get
+    (random draws are seeded per block of rows, see `genaug.scoring.nll`).
     """
     caps = model.capabilities()
     background = background_of(model) if with_background and "nll" in caps else None
@@ -141,19 +148,17 @@ def score_images(
     with ThreadPoolExecutor(max_workers=1) as pool, progress_bar(console, "scoring", passes * n) as advance:
         png_future = pool.submit(encode_png, images)
         bpd = background_bpd = None
+        blocks = {"batch_size": batch_size, "seed": seed, "first_row": first_row}
         if "nll" in caps:
-            bpd = model_bits_per_dim(
-                model, images, labels, nll_options=nll_options, batch_size=batch_size, seed=seed, progress=advance
-            )
+            bpd = model_bits_per_dim(model, images, labels, nll_options=nll_options, progress=advance, **blocks)
         if background is not None:
             background_bpd = model_bits_per_dim(
-                background, images, labels, nll_options=nll_options, batch_size=batch_size, seed=seed, progress=advance
+                background, images, labels, nll_options=nll_options, progress=advance, **blocks
             )
-        extra = model_raw_scores(
-            model, images, labels, batch_size=batch_size, seed=seed, progress=None if bpd is not None else advance
-        )
+        extra = model_raw_scores(model, images, labels, progress=None if bpd is not None else advance, **blocks)
+        features = model_features(model, images, batch_size=batch_size) if with_features else None
         png = png_future.result()
-    return RawScores(bpd, png_bits_per_dim(png, model.num_dims), png, extra, background_bpd)
+    return RawScores(bpd, png_bits_per_dim(png, model.num_dims), png, extra, background_bpd, features=features)
 
 
 def score_values(

@@ -1,4 +1,13 @@
-"""Model likelihood scores in bits/dim, batched and reproducible."""
+"""Model likelihood scores in bits/dim, batched and reproducible.
+
+A stochastic score (the VAE's ELBO draws latents) takes its random numbers
+from a generator seeded afresh for every block of `batch_size` rows, from
+the seed and the block's number (`block_generator`). An image's score so
+depends on the seed, `batch_size` and its row number only, not on how the
+rows were split for reading: the in-memory job, the streaming engine and
+Ray workers, each scoring aligned blocks (`first_row` a multiple of
+`batch_size`), give the same numbers.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ def model_bits_per_dim(
     batch_size: int = 1024,
     seed: int = 0,
     progress=None,
+    first_row: int = 0,
 ) -> np.ndarray:
     """[N] negative log-likelihood (or its bound) of each image in bits/dim.
 
@@ -27,14 +37,15 @@ def model_bits_per_dim(
     unlabelled images get the marginal `-log sum_y p(x|y) p(y)` with a
     uniform class prior, so such a model still scores data without labels.
     `progress` is an optional callable taking the number of images done.
+    `first_row` is the dataset row of `images[0]` (see the module docstring).
     """
     model.eval()
     options = dict(nll_options or {})
     device = model.device
-    generator = torch.Generator(device=device).manual_seed(seed)
     out = np.empty(images.shape[0], dtype=np.float64)
     conditional = model.num_classes > 0
     for start in range(0, images.shape[0], batch_size):
+        generator = block_generator(device, seed, first_row + start, batch_size)
         x = images[start : start + batch_size].to(device, non_blocking=True)
         if conditional and labels is None:
             nats = _marginal_nll(model, x, options, generator=generator)
@@ -45,6 +56,22 @@ def model_bits_per_dim(
         if progress is not None:
             progress(x.shape[0])
     return out
+
+
+# Spreads block numbers over the seed space (the 64-bit golden ratio, as splitmix64 does).
+_BLOCK_STRIDE = 0x9E3779B97F4A7C15
+
+
+def block_generator(device, seed: int, row: int, batch_size: int) -> torch.Generator:
+    """The generator for the block of `batch_size` rows starting at dataset row `row`.
+
+    Block 0 uses `seed` itself, so a dataset of one block scores as it
+    always has; block b uses `seed + b * _BLOCK_STRIDE` (mod 2**64).
+    """
+    if row % batch_size:
+        raise ValueError(f"scoring blocks start at multiples of batch_size ({batch_size}); got row {row}")
+    block = row // batch_size
+    return torch.Generator(device=device).manual_seed((seed + block * _BLOCK_STRIDE) % 2**64)
 
 
 def _marginal_nll(model: GenerativeModel, x: torch.Tensor, options: dict, *, generator) -> torch.Tensor:
@@ -66,17 +93,19 @@ def model_raw_scores(
     batch_size: int = 1024,
     seed: int = 0,
     progress=None,
+    first_row: int = 0,
 ) -> dict[str, np.ndarray]:
-    """The family's extra named scores (`raw_score_names`), each [N] float64; {} when it has none."""
+    """The family's extra named scores (`raw_score_names`), each [N] float64; {} when it has none.
+    `first_row` is the dataset row of `images[0]` (see the module docstring)."""
     names = model.raw_score_names
     if not names:
         return {}
     model.eval()
     device = model.device
-    generator = torch.Generator(device=device).manual_seed(seed)
     out = {name: np.empty(images.shape[0], dtype=np.float64) for name in names}
     conditional = model.num_classes > 0 and labels is not None
     for start in range(0, images.shape[0], batch_size):
+        generator = block_generator(device, seed, first_row + start, batch_size)
         x = images[start : start + batch_size].to(device, non_blocking=True)
         y = labels[start : start + batch_size].to(device) if conditional else None
         scores = model.raw_scores(x, y, generator=generator)
