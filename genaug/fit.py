@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 
 from genaug._version import __version__
+from genaug.data.disk_images import DiskImageSet
 from genaug.data.imageset import ImageSet
 from genaug.data.readers import as_imageset
 from genaug.errors import GenaugError
@@ -36,6 +37,8 @@ from genaug.train import TrainConfig, train
 
 DEFAULT_CALIBRATION_FRACTION = 0.2
 DEFAULT_IWAE_K = 1
+# Calibration images at most: conformal p-values resolve 1/50,001, and the split is scored in memory.
+MAX_CALIBRATION = 50_000
 
 
 def scoring_options(family: type[GenerativeModel], iwae_k: int | None = None, nll_options: dict | None = None) -> dict:
@@ -51,7 +54,7 @@ def scoring_options(family: type[GenerativeModel], iwae_k: int | None = None, nl
 
 
 def new_model(
-    data: ImageSet,
+    data: ImageSet | DiskImageSet,
     family: str = "vae",
     *,
     conditional: bool = False,
@@ -72,7 +75,7 @@ def new_model(
 
 def train_on(
     model: GenerativeModel,
-    data: ImageSet,
+    data: ImageSet | DiskImageSet,
     config: TrainConfig | None,
     console: Console | None = None,
     *,
@@ -101,7 +104,7 @@ def check_llr(family: type[GenerativeModel], mutation_rate: float | None, *, nee
 
 def train_background(
     model: GenerativeModel,
-    data: ImageSet,
+    data: ImageSet | DiskImageSet,
     config: TrainConfig | None,
     *,
     mutation_rate: float = DEFAULT_MUTATION_RATE,
@@ -136,7 +139,7 @@ def reconstruct(
 
 
 def fit(
-    data: ImageSet,
+    data: ImageSet | DiskImageSet,
     *,
     family: str = "vae",
     conditional: bool = False,
@@ -149,8 +152,12 @@ def fit(
     train_config: TrainConfig | None = None,
     console: Console | str | None = AUTO,
 ) -> GenerativeModel:
-    """Train a model on `data` minus a held-out calibration split, and store the
-    split's scores in `model.metadata["calibration"]`.
+    """Train a model on `data` minus a held-out calibration split (`calibration_fraction`
+    of it, at most MAX_CALIBRATION images), and store the split's scores in
+    `model.metadata["calibration"]`.
+
+    `data` is anything `load_images` reads, or a `DiskImageSet`
+    (`genaug.data.disk_images.training_data`) to train from disk, batch by batch.
 
     With `llr` (None, the default: whenever the family has a likelihood),
     also train a background model on the training split with each pixel
@@ -161,7 +168,7 @@ def fit(
     `rebalance`, `synthesize`, or `save_model`.
     """
     console = resolve_console(console)
-    data = as_imageset(data)
+    data = data if isinstance(data, DiskImageSet) else as_imageset(data)
     check_fraction("calibration-fraction", calibration_fraction)
     # Everything the job will need is checked before any training.
     cls = get_family(family)
@@ -173,16 +180,19 @@ def fit(
         raise GenaugError(f"model family '{family}' has neither a likelihood nor a raw score to calibrate")
     config = train_config or TrainConfig()
     n = len(data)
-    n_cal = int(round(calibration_fraction * n))
+    n_cal = min(int(round(calibration_fraction * n)), MAX_CALIBRATION)
     if n_cal < 1 or n - n_cal < 2:
         raise GenaugError(f"{n} images are too few to hold out a calibration split of {calibration_fraction:.0%}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).numpy()
     cal_idx, train_idx = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
     model = new_model(data, family, conditional=conditional, model_options=model_options, seed=config.seed)
-    train_on(model, data.subset(train_idx), config, console)
+    training = data.subset(train_idx)
+    train_on(model, training, config, console)
     if mutation_rate is not None:
-        train_background(model, data.subset(train_idx), config, mutation_rate=mutation_rate, console=console)
+        train_background(model, training, config, mutation_rate=mutation_rate, console=console)
     cal = data.subset(cal_idx)
+    if isinstance(cal, DiskImageSet):
+        cal = cal.load()
     cal_labels = cal.label_tensor() if model.num_classes > 0 else None
     raw = score_images(model, cal.images, cal_labels, nll_options=options, seed=config.seed)
     reconstruction = None

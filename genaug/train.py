@@ -18,6 +18,11 @@ in that order, as a uint8 tensor [k, C, H, W]. A source is read one batch
 per step (validation: VALIDATION_BATCH images at a time; a stage's
 `prepare`: at most PREPARE_MAX_BYTES of training images) and each batch is
 moved to the device on its own; it trains the same model as the tensor.
+A source that reads in blocks (Parquet row groups) says so with `blocks()`
+and `cache_bytes`; each epoch's shuffle is then grouped into windows of
+blocks that fit half its cache, in a random window order, so a batch reads
+a window's blocks and not the whole dataset (one window: the same shuffle
+as the tensor; see genaug.data.disk_images).
 
 Under `torchrun --nproc_per_node=W` (see genaug.distributed) the W
 processes train one model. `batch_size` stays the global batch: every rank
@@ -57,6 +62,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Protocol
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -225,6 +231,8 @@ class _Run:
     device: torch.device
     world: int = 1  # processes training together, and this one's rank among them
     rank: int = 0
+    train_window: torch.Tensor | None = None  # each training index's shuffle window (a source read in blocks)
+    n_windows: int = 1
     step: int = 0  # optimiser steps so far, over all stages and players
     seen: int = 0  # images stepped on, over all ranks
 
@@ -272,6 +280,9 @@ def train(
     perm = torch.randperm(n, generator=generator)
     n_val = int(round(config.val_fraction * n)) if n >= MIN_IMAGES_FOR_VALIDATION else 0
     val_idx, train_idx = perm[:n_val].to(index_device), perm[n_val:].to(index_device)
+    train_window, n_windows = _shuffle_windows(source, train_idx)
+    if train_window is not None:
+        val_idx = val_idx.sort().values  # validated in file order: each row group read once per pass
     train_weights = val_weights = None
     if sample_weights is not None:
         sample_weights = torch.as_tensor(sample_weights, dtype=torch.float64)
@@ -294,7 +305,7 @@ def train(
     with _progress(show, console) as bar:
         run = _Run(model, config, x_all, fetch, y_all, train_idx, val_idx, train_weights, val_weights, generator,
                    torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"),
-                   console if show else None, bar, device, world, rank)
+                   console if show else None, bar, device, world, rank, train_window, n_windows)
         for i, stage in enumerate(stages):
             if stage.prepare is not None:
                 with torch.no_grad():
@@ -443,6 +454,11 @@ def _batches(run: _Run) -> Iterator[tuple[torch.Tensor, int]]:
     else:
         pick = torch.multinomial(run.train_weights, n_train, replacement=True, generator=run.generator)
     order = run.train_idx[pick.to(run.train_idx.device)]
+    if run.train_window is not None:
+        # A source read in blocks: the epoch's draws grouped by shuffle window, windows in a random
+        # order, each window's draws in the random order they were drawn in.
+        window_rank = torch.randperm(run.n_windows, generator=run.generator)
+        order = order[torch.sort(window_rank[run.train_window[pick]], stable=True).indices]
     for start in range(0, order.numel(), run.config.batch_size):
         batch = order[start : start + run.config.batch_size]
         yield (batch if run.world == 1 else batch.tensor_split(run.world)[run.rank]), batch.numel()
@@ -601,6 +617,28 @@ def _read(source, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
             f"the image source returned {got} for {idx.numel()} indices; it must return uint8 {list(want)}"
         )
     return x.to(device)
+
+
+def _shuffle_windows(source, train_idx: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    """(each training index's shuffle window, how many) for an image source that reads in blocks
+    (`blocks()`: each block's first row and decoded bytes; `cache_bytes`: what it keeps decoded):
+    consecutive blocks filling at most half its cache, so a batch that straddles two windows is
+    still read from the cache. (None, 1) when one window holds everything: the in-memory shuffle."""
+    if source is None or not (hasattr(source, "blocks") and hasattr(source, "cache_bytes")):
+        return None, 1
+    starts, nbytes = source.blocks()
+    budget = max(1, int(source.cache_bytes) // 2)
+    window_of_block = np.zeros(len(starts), dtype=np.int64)
+    window, used = 0, 0
+    for b, size in enumerate(np.asarray(nbytes, dtype=np.int64).tolist()):
+        if used and used + size > budget:
+            window, used = window + 1, 0
+        used += size
+        window_of_block[b] = window
+    if window == 0:
+        return None, 1
+    block = np.searchsorted(np.asarray(starts, dtype=np.int64), train_idx.numpy(), side="right") - 1
+    return torch.from_numpy(window_of_block[block]), window + 1
 
 
 def _prepare_indices(run: _Run) -> torch.Tensor:

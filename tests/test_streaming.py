@@ -167,7 +167,7 @@ def test_globs_and_file_uris_read_the_same_rows(parquet_file, tmp_path):
 
 def test_the_disk_backed_source_returns_the_in_memory_images(parquet_file):
     loaded = load_images(parquet_file)
-    images = open_parquet(parquet_file).images(cached_row_groups=2)
+    images = open_parquet(parquet_file).images(cache_bytes=2 * 300 * 28 * 28)
     assert len(images) == N and images.shape == tuple(loaded.images.shape)
     generator = torch.Generator().manual_seed(0)
     for _ in range(5):

@@ -409,7 +409,12 @@ def fit(
     if output.suffix != ".safetensors":
         raise GenaugError(f"-o must end in .safetensors, got {output}")
     _check_output(output, ("DATA", data))
-    images = _load(data, image_size, mode, image_column, label_column, id_column, allow_outside_root, max_pixels)
+    from genaug.data.disk_images import training_data
+
+    # Parquet input over GENAUG_STREAM_BYTES decoded (default 1 GiB) trains from disk, batch by batch.
+    images = training_data(data, image_size=_parse_size(image_size), mode=_value(mode), image_column=image_column,
+                           label_column=label_column, id_column=id_column, allow_outside_root=allow_outside_root,
+                           max_pixels=max_pixels)  # fmt: skip
     model = fit_model(
         images,
         family=family,

@@ -16,6 +16,15 @@ from genaug.errors import GenaugError
 NO_LABEL = -1
 
 
+def count_classes(class_names: list[str] | None, labels: np.ndarray | None) -> int:
+    """Number of classes: from the class names, else max label + 1, else 0."""
+    if class_names:
+        return len(class_names)
+    if labels is not None and len(labels):
+        return int(labels.max()) + 1
+    return 0
+
+
 @dataclass(repr=False)
 class ImageSet(torch.utils.data.Dataset):
     """Images as `uint8 [N, C, H, W]` with optional labels, stable ids and provenance.
@@ -90,11 +99,7 @@ class ImageSet(torch.utils.data.Dataset):
     @property
     def num_classes(self) -> int:
         """Number of classes: from the class names, else max label + 1, else 0."""
-        if self.class_names:
-            return len(self.class_names)
-        if self.labels is not None and len(self.labels):
-            return int(self.labels.max()) + 1
-        return 0
+        return count_classes(self.class_names, self.labels)
 
     def label_tensor(self) -> torch.Tensor | None:
         """Labels as an int64 tensor, or None."""

@@ -27,7 +27,8 @@ decoded images, never the dataset. A row group is the smallest unit Parquet
 reads, so a dataset written as one huge row group costs that row group's
 encoded bytes.
 
-`ParquetImages` is the disk-backed image source training reads batches from.
+`ParquetSource.images()` is the disk-backed image source training reads
+batches from (`genaug.data.disk_images`).
 """
 
 from __future__ import annotations
@@ -68,8 +69,6 @@ from genaug.errors import GenaugError, first_line, shown
 
 # Rows per batch when none is given: the scoring batch of `genaug.detect`.
 DEFAULT_BATCH_ROWS = 1024
-# Decoded row groups a `ParquetImages` keeps: a sampler that draws a few row groups at a time reads each once.
-CACHED_ROW_GROUPS = 4
 # Encoded row groups a source keeps: the one a sequential read is in, and the one before.
 _CACHED_TABLES = 2
 _READ_ERRORS = (OSError, ValueError, pa.ArrowException)
@@ -258,9 +257,12 @@ class ParquetSource:
             paths = [None] * len(paths)
         return tensors, labels, self.class_names, ids, paths
 
-    def images(self, *, cached_row_groups: int = CACHED_ROW_GROUPS) -> ParquetImages:
-        """The disk-backed image source of these rows (`ParquetImages`), for `genaug.train`."""
-        return ParquetImages(self, cached_row_groups=cached_row_groups)
+    def images(self, *, cache_bytes: int | None = None):
+        """The disk-backed image source of these rows (`genaug.data.disk_images.ParquetImages`), for
+        `genaug.train`, keeping up to `cache_bytes` of decoded row groups (None: its default)."""
+        from genaug.data.disk_images import CACHE_BYTES, ParquetImages
+
+        return ParquetImages(self, cache_bytes=CACHE_BYTES if cache_bytes is None else cache_bytes)
 
     # -- row groups ------------------------------------------------------------
     def row_groups(self) -> list[tuple[int, int]]:
@@ -328,85 +330,6 @@ class ParquetSource:
             )  # fmt: skip
         except _READ_ERRORS as e:
             raise GenaugError(f"cannot read {where}: {first_line(e)}") from None
-
-
-class ParquetImages:
-    """Images of a Parquet source read from disk as they are needed: the image source `genaug.train`
-    takes for data that does not fit in memory.
-
-    `len(x)`, `x.shape` (N, C, H, W) and `x[indices]` (a LongTensor, in any
-    order, repeats allowed) -> uint8 [k, C, H, W], the same pixels
-    `load_images` gives those rows. Each call reads only the row groups
-    holding the rows asked for, and keeps the last `cached_row_groups`
-    decoded, so a sampler drawing from a few row groups at a time reads each
-    once. `labels` and `class_names` are the source's.
-
-    Channels: the first image decides (RGB stays RGB and turns gray images
-    RGB, as `load_images` does); a colour image in a dataset whose first
-    image is gray is refused, as a stream cannot go back and convert the
-    rows already served: pass `mode` to `open_parquet` for such data.
-    """
-
-    def __init__(self, source: ParquetSource, *, cached_row_groups: int = CACHED_ROW_GROUPS) -> None:
-        if isinstance(cached_row_groups, bool) or not isinstance(cached_row_groups, int) or cached_row_groups < 1:
-            raise GenaugError(f"cached_row_groups must be a positive integer, got {cached_row_groups!r}")
-        self.source = source
-        self.labels, self.class_names = source.labels, source.class_names
-        groups = source.row_groups()
-        self._starts = np.array([s for s, _ in groups], dtype=np.int64)
-        self._sizes = [n for _, n in groups]
-        first = source.read(0, 1)
-        c, h, w = first.images.shape[1:]
-        # An RGB first image makes every image RGB, as in `load_images`.
-        self._mode = source.mode or ("RGB" if c == 3 else None)
-        self.shape = (len(source), int(c), int(h), int(w))
-        self._cache_size = cached_row_groups
-        self._decoded: OrderedDict[int, torch.Tensor] = OrderedDict()
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        return f"ParquetImages({self.source.source!r}, shape={self.shape})"
-
-    def __getitem__(self, indices) -> torch.Tensor:
-        """uint8 [k, C, H, W]: the images at `indices` (ints, negative from the end), in that order."""
-        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).numpy()
-        n = self.shape[0]
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            bad = idx[(idx < -n) | (idx >= n)][0]
-            raise IndexError(f"index {bad} is out of range for {n} images")
-        idx = np.where(idx < 0, idx + n, idx)
-        out = torch.empty((idx.size, *self.shape[1:]), dtype=torch.uint8)
-        group = np.searchsorted(self._starts, idx, side="right") - 1
-        for g in np.unique(group):
-            where = np.flatnonzero(group == g)
-            block = self._group(int(g))
-            out[torch.from_numpy(where)] = block[torch.from_numpy(idx[where] - self._starts[g])]
-        return out
-
-    def _group(self, g: int) -> torch.Tensor:
-        if g in self._decoded:
-            self._decoded.move_to_end(g)
-            return self._decoded[g]
-        start = int(self._starts[g])
-        batch = self.source.read(start, start + self._sizes[g], mode=self._mode)
-        got = tuple(batch.images.shape[1:])
-        if got != self.shape[1:]:
-            c, h, w = self.shape[1:]
-            if got[0] != c:
-                raise GenaugError(
-                    f"{self.source.source} has colour images (from row {start}) but its first image is gray; "
-                    "pass mode='rgb' (or 'gray') to read every image one way"
-                )
-            raise GenaugError(
-                f"images in {self.source.source} have different sizes ({h}x{w} in row 0 and {got[1]}x{got[2]} "
-                f"from row {start}); pass --image-size to resize them to one size"
-            )
-        self._decoded[g] = batch.images
-        while len(self._decoded) > self._cache_size:
-            self._decoded.popitem(last=False)
-        return batch.images
 
 
 # -- finding the files -------------------------------------------------------------

@@ -280,6 +280,18 @@ class _Run:
                 self.datasets[ref] = load_images(self.output_of(ref), max_pixels=limit)
         return self.datasets[ref]
 
+    def training_set(self, ref: str):
+        """What a fit step trains on: the source, from disk when it is Parquet over the streaming
+        threshold (`genaug.data.disk_images.training_data`), or any dataset as `imageset` reads it."""
+        if ref != SOURCE or ref in self.datasets:
+            return self.imageset(ref)
+        from genaug.data.disk_images import training_data
+
+        options = dict(self.spec.source.options)
+        if "image_size" in options:
+            options["image_size"] = pipeline_spec.parse_size(options["image_size"])
+        return training_data(self.spec.source_location(), **options)
+
     def table(self, ref: str):
         """(pyarrow table, class names) of the dataset `ref` names, every column kept."""
         if ref == SOURCE:
@@ -343,7 +355,7 @@ def _fit(run: _Run, i: int, record: dict) -> list[str]:
     from genaug.models.store import save_model
 
     spec, step = run.spec, run.spec.steps[i]
-    model = fit(run.imageset(spec.inputs[i]), family=spec.model.family, model_options=dict(spec.model.options),
+    model = fit(run.training_set(spec.inputs[i]), family=spec.model.family, model_options=dict(spec.model.options),
                 train_config=run.train_config(), console=run.console, **step.settings)  # fmt: skip
     model.metadata["command"] = run.command
     model.metadata["pipeline"] = record
