@@ -132,3 +132,16 @@ def test_genaug_fit_streams_big_parquet_and_the_model_detects(parquet_file, tmp_
     scores = tmp_path / "s.parquet"
     assert main(["detect-outliers", str(parquet_file), "--model-path", str(out), "-o", str(scores), "-q"]) == 0
     assert pq.read_table(scores).num_rows == 600
+
+
+def test_a_pipeline_fit_step_trains_from_disk_as_genaug_fit_does(parquet_file, tmp_path, monkeypatch):
+    from genaug.pipelines import Pipeline
+
+    monkeypatch.setenv("GENAUG_STREAM_BYTES", "0")
+    spec = tmp_path / "p.yaml"
+    spec.write_text(f"source: {parquet_file}\nmodel:\n  family: vae\n  epochs: 1\n  seed: 0\n"
+                    "steps:\n  - fit:\n      name: model\n      output: m.safetensors\n      llr: false\n")  # fmt: skip
+    Pipeline.from_yaml(spec).run(console=None)
+    piped = load_model(tmp_path / "m.safetensors")
+    direct = fit(load_images(parquet_file), llr=False, train_config=TrainConfig(epochs=1, seed=0), console=None)
+    assert _same_weights(piped, direct) and piped.metadata["calibration"] == direct.metadata["calibration"]
