@@ -58,6 +58,7 @@ from genaug.scoring.calibration import (
     tail_p_values,
     top_fraction,
 )
+from genaug.scoring.nll import SCORE_BATCH
 from genaug.scoring.rarity import EDGE_SHARE, categories, grouped_rarity, model_features
 from genaug.scoring.record import CalibrationRecord
 from genaug.scoring.typicality import DEFAULT_BOOTSTRAP, batch_test
@@ -191,7 +192,7 @@ def detect_outliers(
     iwae_k: int | None = None,
     mutation_rate: float | None = None,
     train_config: TrainConfig | None = None,
-    batch_size: int = 1024,
+    batch_size: int = SCORE_BATCH,
     console: Console | str | None = AUTO,
 ) -> DetectionResult:
     """Score every image of `data` and flag the outliers.
@@ -397,7 +398,7 @@ def cross_fit_scores(
     nll_options: dict | None = None,
     background: float | None = None,
     train_config: TrainConfig | None = None,
-    batch_size: int = 1024,
+    batch_size: int = SCORE_BATCH,
     console: Console | None = None,
 ) -> RawScores:
     """Out-of-fold raw scores: each image scored by a model trained on the other folds.

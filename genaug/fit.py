@@ -32,6 +32,7 @@ from genaug.progress import AUTO, resolve_console
 from genaug.scoring import available_scores, score_images
 from genaug.scoring.calibration import check_fraction
 from genaug.scoring.llr import DEFAULT_MUTATION_RATE, PerturbedTraining, check_mutation_rate
+from genaug.scoring.nll import SCORE_BATCH
 from genaug.scoring.record import CalibrationRecord
 from genaug.train import TrainConfig, train
 
@@ -126,7 +127,7 @@ def train_background(
 
 @torch.inference_mode()
 def reconstruct(
-    model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int = 1024
+    model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int = SCORE_BATCH
 ) -> torch.Tensor:
     """uint8 decoder outputs for the latent codes of `images` (posterior means), on the CPU."""
     model.eval()

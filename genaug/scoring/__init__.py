@@ -28,7 +28,7 @@ from genaug.models.store import background_of
 from genaug.progress import progress_bar
 from genaug.scoring.complexity import png_bits_per_dim
 from genaug.scoring.ensemble import combine
-from genaug.scoring.nll import model_bits_per_dim, model_raw_scores
+from genaug.scoring.nll import SCORE_BATCH, model_bits_per_dim, model_raw_scores
 from genaug.scoring.rarity import model_features
 from genaug.scoring.typicality import entropy_estimate
 
@@ -121,7 +121,7 @@ def score_images(
     labels: torch.Tensor | None = None,
     *,
     nll_options: dict | None = None,
-    batch_size: int = 1024,
+    batch_size: int = SCORE_BATCH,
     seed: int = 0,
     console=None,
     with_background: bool = True,

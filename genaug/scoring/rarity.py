@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genaug.scoring.nll import SCORE_BATCH
+
 # Inliers whose rarity is in this top share are called edge cases.
 EDGE_SHARE = 0.05
 NEIGHBOURS = 10
@@ -41,7 +43,7 @@ def pixel_features(images: torch.Tensor, size: int = 8) -> np.ndarray:
 
 
 @torch.inference_mode()
-def model_features(model, images: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
+def model_features(model, images: torch.Tensor, *, batch_size: int = SCORE_BATCH) -> np.ndarray:
     """[N, d] features of uint8 images: the model's own (`features`, e.g. posterior means) where
     the family has them, else `pixel_features`."""
     if "features" not in model.capabilities():

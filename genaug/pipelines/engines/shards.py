@@ -21,8 +21,10 @@ from genaug.data.parquet import RESERVED_COLUMNS, image_table
 from genaug.data.streaming import ImageBatch
 from genaug.models.base import GenerativeModel
 from genaug.scoring import RawScores, score_images
+from genaug.scoring.nll import SCORE_BATCH
 
-# Rows per shard: the scoring batch of `genaug.detect.detect_outliers`, so blocks line up with it.
+# Rows per shard, read and decoded at once: a multiple of the scoring block (SCORE_BATCH), so a shard's
+# blocks are those of `genaug.detect.detect_outliers`.
 SHARD_ROWS = 1024
 RAW_PREFIX = "_raw."
 _BPD, _PNG, _BACKGROUND, _FEATURES = (RAW_PREFIX + k for k in ("bits_per_dim", "png", "background", "features"))
@@ -35,7 +37,7 @@ def score_batch(
     *,
     options: dict,
     with_background: bool,
-    batch_size: int = SHARD_ROWS,
+    batch_size: int = SCORE_BATCH,
     seed: int = 0,
 ) -> pa.Table:
     """One shard scored: its output columns (index, id, image, label) and its raw scores and features.
