@@ -30,7 +30,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from genaug.data.imageset import ImageSet, count_classes
+from genaug.data.imageset import ImageSet, LabelledImages
 from genaug.errors import GenaugError
 
 # Decoded pixels a `ParquetImages` keeps: two shuffle windows of 256 MiB.
@@ -155,7 +155,7 @@ class ImageRows:
         return self.base[torch.from_numpy(self.rows[idx])]
 
 
-class DiskImageSet:
+class DiskImageSet(LabelledImages):
     """What `genaug.fit` needs of an `ImageSet`, with the images left on disk (`images`: a
     `ParquetImages` or `ImageRows`): `shape`, `labels`, `class_names`, `num_classes`, `source`,
     `label_tensor()`, `subset()`, `fingerprint()` (the in-memory set's), and `load()`."""
@@ -169,18 +169,6 @@ class DiskImageSet:
     def __repr__(self) -> str:
         c, h, w = self.shape
         return f"DiskImageSet({len(self)} images of {c}x{h}x{w} in {self.source!r})"
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        c, h, w = self.images.shape[1:]
-        return int(c), int(h), int(w)
-
-    @property
-    def num_classes(self) -> int:
-        return count_classes(self.class_names, self.labels)
-
-    def label_tensor(self) -> torch.Tensor | None:
-        return None if self.labels is None else torch.from_numpy(self.labels)
 
     def subset(self, index) -> DiskImageSet:
         """The rows at `index` (sorted, distinct ints), still on disk."""

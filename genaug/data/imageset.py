@@ -16,17 +16,36 @@ from genaug.errors import GenaugError
 NO_LABEL = -1
 
 
-def count_classes(class_names: list[str] | None, labels: np.ndarray | None) -> int:
-    """Number of classes: from the class names, else max label + 1, else 0."""
-    if class_names:
-        return len(class_names)
-    if labels is not None and len(labels):
-        return int(labels.max()) + 1
-    return 0
+class LabelledImages:
+    """What an image set answers from its `images` ([N, C, H, W]: a tensor, or an image source left
+    on disk, `genaug.data.disk_images`), `labels` (int64 [N] or None) and `class_names`."""
+
+    images: torch.Tensor
+    labels: np.ndarray | None
+    class_names: list[str] | None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: from the class names, else max label + 1, else 0."""
+        if self.class_names:
+            return len(self.class_names)
+        if self.labels is not None and len(self.labels):
+            return int(self.labels.max()) + 1
+        return 0
+
+    def label_tensor(self) -> torch.Tensor | None:
+        """Labels as an int64 tensor, or None."""
+        return None if self.labels is None else torch.from_numpy(self.labels)
 
 
 @dataclass(repr=False)
-class ImageSet(torch.utils.data.Dataset):
+class ImageSet(torch.utils.data.Dataset, LabelledImages):
     """Images as `uint8 [N, C, H, W]` with optional labels, stable ids and provenance.
 
     `labels` is an int64 array of length N or None; `class_names[k]` names
@@ -89,21 +108,6 @@ class ImageSet(torch.utils.data.Dataset):
         classes = f", {self.num_classes} classes" if self.labels is not None else ", unlabelled"
         source = f", source={self.source!r}" if self.source else ""
         return f"ImageSet({len(self)} images of {c}x{h}x{w}{classes}{source})"
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of every image."""
-        c, h, w = self.images.shape[1:]
-        return int(c), int(h), int(w)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes: from the class names, else max label + 1, else 0."""
-        return count_classes(self.class_names, self.labels)
-
-    def label_tensor(self) -> torch.Tensor | None:
-        """Labels as an int64 tensor, or None."""
-        return None if self.labels is None else torch.from_numpy(self.labels)
 
     def subset(self, index) -> ImageSet:
         """The images at `index` (an int array or boolean mask), keeping ids and labels."""
