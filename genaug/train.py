@@ -67,7 +67,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from genaug import distributed, interrupt
+from genaug import allocator, distributed, interrupt
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel, Losses, Player, Stage, bits_per_dim
 
@@ -256,6 +256,7 @@ def train(
     """
     config = (config or TrainConfig()).resolved(model)
     config.check()
+    allocator.tune()  # activations reused from the heap, not mapped afresh every batch
     source = None if isinstance(images, torch.Tensor) else _check_source(images)
     n = images.shape[0]
     if n == 0:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from genaug import allocator
 from genaug.data.parquet import encode_png
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel
@@ -139,6 +140,7 @@ def score_images(
     `batch_size`: its scores are then those the whole dataset's rows get
     (random draws are seeded per block of rows, see `genaug.scoring.nll`).
     """
+    allocator.tune()  # activations reused from the heap, not mapped afresh every batch
     caps = model.capabilities()
     background = background_of(model) if with_background and "nll" in caps else None
     if "nll" in caps:
