@@ -78,32 +78,42 @@ def feature_rarity(
     from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
 
-    z = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    z = np.asarray(features).reshape(len(features), -1)
     inliers = np.asarray(inliers, dtype=bool)
     ref = np.flatnonzero(inliers)
     if ref.size < 2:
         return np.zeros(len(z))
-    # Inlier mean and sd as weighted sums, without copying the inliers: on a streamed dataset of
-    # 10^5-10^6 images the feature arrays are most of the job's memory; one standardised copy remains.
+    # One pass of chunks for the inlier mean and sd, one for the search; no standardised copy of
+    # every row: on a streamed dataset the feature arrays are most of the job's memory.
+    chunks = [slice(start, start + QUERY_CHUNK) for start in range(0, len(z), QUERY_CHUNK)]
     weight = inliers / ref.size
-    mean = weight @ z
-    sd = np.sqrt(np.maximum(np.einsum("i,ij,ij->j", weight, z, z) - mean**2, 0.0))
-    z = z - mean
-    z /= np.where(sd > 1e-6 * np.maximum(np.abs(mean), 1.0), sd, 1.0)  # constant: sd is rounding noise
-    components = min(MAX_COMPONENTS, z.shape[1], ref.size)
+    mean, square = np.zeros(z.shape[1]), np.zeros(z.shape[1])
+    for rows in chunks:
+        part = z[rows].astype(np.float64)
+        mean += weight[rows] @ part
+        square += weight[rows] @ (part * part)
+    sd = np.sqrt(np.maximum(square - mean**2, 0.0))
+    scale = np.where(sd > 1e-6 * np.maximum(np.abs(mean), 1.0), sd, 1.0)  # constant: sd is rounding noise
     sample = ref
     if ref.size > max_reference:
         sample = np.sort(np.random.default_rng(0).choice(ref, max_reference, replace=False))
+    pca = None
+    components = min(MAX_COMPONENTS, z.shape[1], ref.size)
     if components < z.shape[1]:
-        z = PCA(components, random_state=0).fit(z[sample]).transform(z)
+        pca = PCA(components, random_state=0).fit((z[sample] - mean) / scale)
+
+    def standardised(rows) -> np.ndarray:
+        part = (z[rows].astype(np.float64) - mean) / scale
+        return part if pca is None else pca.transform(part)
+
     k = min(neighbours, sample.size - 1)
-    index = NearestNeighbors(n_neighbors=k + 1).fit(z[sample])
+    index = NearestNeighbors(n_neighbors=k + 1).fit(standardised(sample))
     knn = np.empty(len(z))
-    for start in range(0, len(z), QUERY_CHUNK):  # in chunks: neighbour lists of every row would be O(N k)
-        dist, idx = index.kneighbors(z[start : start + QUERY_CHUNK])
+    for rows in chunks:  # in chunks: neighbour lists of every row would be O(N k)
+        dist, idx = index.kneighbors(standardised(rows))
         # An inlier in the sample finds itself at distance 0 first: drop that column; others drop their k+1-th.
-        is_self = sample[idx[:, 0]] == np.arange(start, start + len(idx))
-        knn[start : start + len(idx)] = np.where(is_self, dist[:, 1:].mean(axis=1), dist[:, :k].mean(axis=1))
+        is_self = sample[idx[:, 0]] == np.arange(rows.start, rows.start + len(idx))
+        knn[rows.start : rows.start + len(idx)] = np.where(is_self, dist[:, 1:].mean(axis=1), dist[:, :k].mean(axis=1))
     reference = np.sort(knn[ref])
     return np.searchsorted(reference, knn, side="left") / ref.size
 
