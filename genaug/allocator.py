@@ -8,8 +8,8 @@ batch pays page faults for memory it just gave back: in a streamed detection
 a fifth of the time went to the kernel (5.1 s of system time in 28 s;
 `benchmarks/README.md`). Raising the threshold to 256 MiB and the trim
 threshold to 512 MiB keeps those blocks in the heap for the next batch:
-streamed detection 1.27x faster and the in-memory one 1.17x, for about
-15 MiB more peak memory.
+a 20,000-row streamed detection 1.38x faster and the in-memory one 1.17x,
+for about 15 MiB more peak memory.
 
 `tune()` sets both once per process, where glibc is the C library (Linux);
 elsewhere, or with GENAUG_TUNE_MALLOC=0, it does nothing. The training loop
