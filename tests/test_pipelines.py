@@ -303,3 +303,34 @@ def test_the_example_pipelines_run_on_digits(tmp_path, name):
         exported = load_images(tmp_path / "runs/rebalance_augment/training_set")
         assert len(exported) == 3 * (1797 + 100)  # originals + 2 augmented copies of the weighted rows
     assert run(tmp_path / name)[0].ran == []
+
+
+def test_a_detect_step_with_a_model_streams_parquet_and_writes_what_the_in_memory_job_writes(tmp_path, digits,
+                                                                                             monkeypatch):
+    import genaug
+    from genaug.data.parquet import write_image_table
+    from genaug.models.store import load_model
+    from genaug.pipelines.engines import local
+
+    write_image_table(tmp_path / "data.parquet", digits.subset(np.arange(300)), genaug_metadata={})
+    streamed = []
+    stream = local.detect_outliers_parquet
+    monkeypatch.setattr(local, "detect_outliers_parquet", lambda *a, **k: streamed.append(a[0]) or stream(*a, **k))
+    doc = {"source": "data.parquet", "model": TINY_MODEL, "steps": [
+        {"fit": {"name": "model", "output": "out/model.safetensors", "llr": False}},
+        {"detect_outliers": {"name": "audit", "output": "out/audit.parquet", "score": "complexity", "fdr": 0.3}},
+        {"filter": {"name": "clean", "drop": "is_outlier", "output": "out/clean.parquet"}},
+        {"detect_outliers": {"name": "again", "input": "clean", "output": "out/again.parquet", "score": "complexity"}},
+    ]}  # fmt: skip
+    result, _ = run(write(tmp_path / "pipeline.yaml", doc))
+    assert status(result) == {"model": "ran", "audit": "ran", "clean": "ran", "again": "ran"}
+    assert streamed == [str(tmp_path / "data.parquet"), str(tmp_path / "out" / "clean.parquet")]
+    model = load_model(tmp_path / "out" / "model.safetensors")
+    in_memory = genaug.detect_outliers(load_images(tmp_path / "data.parquet"), model=model, score="complexity",
+                                       fdr=0.3, console=None)  # fmt: skip
+    in_memory.write(tmp_path / "memory.parquet")
+    assert pq.read_table(tmp_path / "out" / "audit.parquet").equals(pq.read_table(tmp_path / "memory.parquet"))
+    meta = json.loads(pq.read_schema(tmp_path / "out" / "audit.parquet").metadata[b"genaug"])
+    assert meta["pipeline"]["step"] == "audit" and meta["pipeline"]["settings"]["engine"] == "local"
+    again, _ = run(tmp_path / "pipeline.yaml")
+    assert set(status(again).values()) == {"skipped"}

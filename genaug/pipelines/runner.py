@@ -292,6 +292,22 @@ class _Run:
             options["image_size"] = pipeline_spec.parse_size(options["image_size"])
         return training_data(self.spec.source_location(), **options)
 
+    def parquet_input(self, ref: str) -> tuple[str, dict] | None:
+        """(location, reading options) of the dataset `ref` names when it is Parquet that a streaming
+        engine reads (the source, or an earlier step's output), else None."""
+        from genaug.data.streaming import is_parquet_source
+
+        if ref == SOURCE:
+            location = self.spec.source_location()
+            if not isinstance(location, (str, os.PathLike)) or not is_parquet_source(location):
+                return None
+            options = dict(self.spec.source.options)
+            if "image_size" in options:
+                options["image_size"] = pipeline_spec.parse_size(options["image_size"])
+            return str(location), options
+        limit = self.spec.source.options.get("max_pixels")
+        return str(self.output_of(ref)), {} if limit is None else {"max_pixels": limit}
+
     def table(self, ref: str):
         """(pyarrow table, class names) of the dataset `ref` names, every column kept."""
         if ref == SOURCE:
@@ -366,8 +382,20 @@ def _fit(run: _Run, i: int, record: dict) -> list[str]:
 def _detect_outliers(run: _Run, i: int, record: dict) -> list[str]:
     spec, step = run.spec, run.spec.steps[i]
     options = {k: v for k, v in step.settings.items() if k != "engine"}
+    engine, model = step.settings.get("engine", spec.engine), run.model(i)
+    parquet = run.parquet_input(spec.inputs[i]) if model is not None and "folds" not in options else None
+    if parquet is not None:
+        # Reference mode on Parquet streams, as `genaug detect-outliers` does: memory bounded, same output.
+        if engine == "ray":
+            stream = pipeline_spec.ray_engine().detect_outliers_parquet
+        else:
+            from genaug.pipelines.engines.local import detect_outliers_parquet as stream
+        location, read_options = parquet
+        result = stream(location, spec.resolve(step.output), model=model, console=run.console, command=run.command,
+                        metadata={"pipeline": record}, **read_options, **options)  # fmt: skip
+        return list(result.warnings)
     result = _detect(
-        step.settings.get("engine", spec.engine), run.imageset(spec.inputs[i]), model=run.model(i),
+        engine, run.imageset(spec.inputs[i]), model=model,
         family=spec.model.family or "vae", model_options=dict(spec.model.options), train_config=run.train_config(),
         console=run.console, **options,
     )  # fmt: skip

@@ -102,12 +102,14 @@ def write_detection(
     class_names: list[str] | None,
     inputs: list[tuple[str, object]] = (),
     command: str | None = None,
+    metadata: dict | None = None,
 ) -> StreamedDetection:
     """Gather scored shards (`shards.score_batch` tables, in input order), flag, and write `output`.
 
     `plan` is the checked reference-mode plan; `requested` the score as asked
     (for the auto-fallback warning); `inputs` the `(role, path)` pairs the
-    output must not overwrite. Returns the gathered result.
+    output must not overwrite; `metadata` extra entries for the output's `genaug` metadata (a
+    pipeline's record). Returns the gathered result.
     """
     path = check_output(output, inputs)
     clean_stale(path)
@@ -116,7 +118,7 @@ def write_detection(
         raw_parts = _spill(shards, spill, path)
         raw = raw_scores(raw_parts)
         del raw_parts  # the gathered copy is all that is needed now
-        settings = dict(plan.settings)
+        settings = {**plan.settings, **(metadata or {})}
         flagged = calibrate_and_flag(
             raw, kind=plan.kind, requested=requested, reference=plan.record.scores, fdr=fdr,
             contamination=contamination, settings=settings,

@@ -51,13 +51,14 @@ def detect_outliers_parquet(
     device: str | torch.device = "cpu",
     console=AUTO,
     command: str | None = None,
+    metadata: dict | None = None,
 ) -> StreamedDetection:
     """Score Parquet `data` against a fitted `model` (or a checkpoint path, loaded onto `device`) and
     write `output`, streaming.
 
     The result and the file are those of `genaug.detect_outliers(load_images(data, ...), model=model,
     ...)` followed by `.write(output, command=command)`, with memory bounded whatever the size of
-    `data`. The reading options are `load_images`'s.
+    `data`. The reading options are `load_images`'s; `metadata` joins the output's `genaug` metadata.
     """
     console = resolve_console(console)
     plan = reference_plan(model, score=score, fdr=fdr, contamination=contamination, iwae_k=iwae_k,
@@ -70,6 +71,7 @@ def detect_outliers_parquet(
     result = write_detection(
         scored_shards(plan, source, console), output, plan=plan, requested=score, fdr=fdr,
         contamination=contamination, class_names=source.class_names, inputs=inputs, command=command,
+        metadata=metadata,
     )  # fmt: skip
     warn_all(result.warnings)
     return result

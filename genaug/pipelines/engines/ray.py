@@ -121,6 +121,7 @@ def detect_outliers_parquet(
     max_pixels: int | None = None,
     console=AUTO,
     command: str | None = None,
+    metadata: dict | None = None,
 ) -> StreamedDetection:
     """`genaug.pipelines.engines.local.detect_outliers_parquet` with the scoring on Ray.
 
@@ -149,7 +150,7 @@ def detect_outliers_parquet(
 
     result = write_detection(
         shards(), output, plan=plan, requested=score, fdr=fdr, contamination=contamination,
-        class_names=source.class_names, inputs=inputs, command=command,
+        class_names=source.class_names, inputs=inputs, command=command, metadata=metadata,
     )  # fmt: skip
     warn_all(result.warnings)
     return result
