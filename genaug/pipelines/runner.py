@@ -271,14 +271,18 @@ class _Run:
             from genaug.data.readers import load_images
 
             if ref == SOURCE:
-                options = dict(self.spec.source.options)
-                if "image_size" in options:
-                    options["image_size"] = pipeline_spec.parse_size(options["image_size"])
-                self.datasets[ref] = load_images(self.spec.source_location(), **options)
+                self.datasets[ref] = load_images(self.spec.source_location(), **self.source_options())
             else:
                 limit = self.spec.source.options.get("max_pixels")
                 self.datasets[ref] = load_images(self.output_of(ref), max_pixels=limit)
         return self.datasets[ref]
+
+    def source_options(self) -> dict:
+        """The source's reader options as `load_images` takes them."""
+        options = dict(self.spec.source.options)
+        if "image_size" in options:
+            options["image_size"] = pipeline_spec.parse_size(options["image_size"])
+        return options
 
     def training_set(self, ref: str):
         """What a fit step trains on: the source, from disk when it is Parquet over the streaming
@@ -287,10 +291,7 @@ class _Run:
             return self.imageset(ref)
         from genaug.data.disk_images import training_data
 
-        options = dict(self.spec.source.options)
-        if "image_size" in options:
-            options["image_size"] = pipeline_spec.parse_size(options["image_size"])
-        return training_data(self.spec.source_location(), **options)
+        return training_data(self.spec.source_location(), **self.source_options())
 
     def parquet_input(self, ref: str) -> tuple[str, dict] | None:
         """(location, reading options) of the dataset `ref` names when it is Parquet that a streaming
@@ -301,10 +302,7 @@ class _Run:
             location = self.spec.source_location()
             if not isinstance(location, (str, os.PathLike)) or not is_parquet_source(location):
                 return None
-            options = dict(self.spec.source.options)
-            if "image_size" in options:
-                options["image_size"] = pipeline_spec.parse_size(options["image_size"])
-            return str(location), options
+            return str(location), self.source_options()
         limit = self.spec.source.options.get("max_pixels")
         return str(self.output_of(ref)), {} if limit is None else {"max_pixels": limit}
 
