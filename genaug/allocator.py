@@ -25,20 +25,23 @@ import platform
 MMAP_THRESHOLD = 256 * 2**20
 TRIM_THRESHOLD = 512 * 2**20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
-_done = False
+_tuned: bool | None = None  # decided once: the scorer calls this for every shard
 
 
 def tune() -> bool:
-    """Raise glibc's mmap and trim thresholds for this process (once); whether they are set."""
-    global _done
-    if _done:
-        return True
+    """Raise glibc's mmap and trim thresholds for this process (decided once); whether they are set."""
+    global _tuned
+    if _tuned is None:
+        _tuned = _set_thresholds()
+    return _tuned
+
+
+def _set_thresholds() -> bool:
+    # platform.libc_ver reads the interpreter's binary: one more reason to decide only once.
     if os.environ.get("GENAUG_TUNE_MALLOC", "1").strip() == "0" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        return libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     except (OSError, AttributeError):
         return False
-    _done = ok
-    return ok

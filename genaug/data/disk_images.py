@@ -24,8 +24,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from pathlib import Path
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -172,12 +172,14 @@ class DiskImageSet(LabelledImages):
 
     def subset(self, index) -> DiskImageSet:
         """The rows at `index` (sorted, distinct ints), still on disk."""
-        rows = np.asarray(index, dtype=np.int64)
-        base = self.images.base if isinstance(self.images, ImageRows) else self.images
-        if isinstance(self.images, ImageRows):
-            rows = self.images.rows[rows]
-        labels = None if self.labels is None else self.labels[np.asarray(index, dtype=np.int64)]
-        return DiskImageSet(ImageRows(base, rows), labels, self.class_names, self.source)
+        index = np.asarray(index, dtype=np.int64)
+        images = self.images
+        if isinstance(images, ImageRows):  # a view of a view reads the base's rows directly
+            images, index_in_base = images.base, images.rows[index]
+        else:
+            index_in_base = index
+        labels = None if self.labels is None else self.labels[index]
+        return DiskImageSet(ImageRows(images, index_in_base), labels, self.class_names, self.source)
 
     def _chunks(self):
         for start in range(0, len(self), _READ_ROWS):

@@ -99,15 +99,17 @@ def feature_rarity(
         sample = np.sort(np.random.default_rng(0).choice(ref, max_reference, replace=False))
     pca = None
     components = min(MAX_COMPONENTS, z.shape[1], ref.size)
+    reference_rows = (z[sample].astype(np.float64) - mean) / scale
     if components < z.shape[1]:
-        pca = PCA(components, random_state=0).fit((z[sample] - mean) / scale)
+        pca = PCA(components, random_state=0).fit(reference_rows)
+        reference_rows = pca.transform(reference_rows)
 
     def standardised(rows) -> np.ndarray:
         part = (z[rows].astype(np.float64) - mean) / scale
         return part if pca is None else pca.transform(part)
 
     k = min(neighbours, sample.size - 1)
-    index = NearestNeighbors(n_neighbors=k + 1).fit(standardised(sample))
+    index = NearestNeighbors(n_neighbors=k + 1).fit(reference_rows)
     knn = np.empty(len(z))
     for rows in chunks:  # in chunks: neighbour lists of every row would be O(N k)
         dist, idx = index.kneighbors(standardised(rows))
