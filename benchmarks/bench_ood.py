@@ -29,8 +29,13 @@ seeded, each run in both directions where it has two sides:
 5. self-audit, nothing injected: the same on each clean set (both styles,
    and the photo crops when `photo` runs); the share flagged is all false
    discoveries (target for genaug: at most 0.5%).
+6. foreign kind (reference mode, `foreign`): fit on 80% of the Google
+   emoji; test on their other 20% plus photo crops making 5% of the test
+   set; and the reverse (fit on photo crops, emoji as the 5%). The
+   reference-mode case where a score separates well, so conformal BH
+   should find most outliers (target: recall >= 0.5 where AUROC >= 0.95).
 
-`--tasks` picks among novel, style, injected, photo, clean (default: all).
+`--tasks` picks among novel, style, injected, photo, clean, foreign (default: all).
 
 Methods. genaug: every `--families` x `--scores` (a score the installed
 genaug does not offer shows "n/a"); reference mode fits once per family
@@ -93,8 +98,9 @@ TASKS = {
     "injected": f"self-audit, {INJECT_SHARE:.0%} other-style drawings injected",
     "photo": f"self-audit, {INJECT_SHARE:.0%} photo crops injected (and {INJECT_SHARE:.0%} emoji into photo crops)",
     "clean": "self-audit, nothing injected",
+    "foreign": "photo crops among emoji and emoji among photo crops (reference mode)",
 }
-SCORED_TASKS = ("novel", "style", "injected", "photo")  # the tasks with outliers: summary means are over these
+SCORED_TASKS = ("novel", "style", "injected", "photo", "foreign")  # the tasks with outliers: summary means are over these
 
 
 @dataclass
@@ -235,6 +241,28 @@ def photo_task(emoji: dict[str, Emoji], inlier: str, style: str, seed: int, shar
     return Task(name, direction, None, ImageSet(x, y, names, source=f"{inlier}-audit"), is_out)
 
 
+def foreign_task(emoji: dict[str, Emoji], inlier: str, style: str, seed: int) -> Task:
+    """Task 6: fit on 80% of `inlier` (an emoji style or PHOTO); outliers: images of the other kind
+    (photo crops, or emoji of `style`), STYLE_OUT_SHARE of the test set."""
+    e = emoji[style]
+    n = len(e.y)
+    rng = np.random.default_rng([seed, 13, int(inlier == PHOTO)])
+    own, other = (photo_crops(n, seed), e.x) if inlier == PHOTO else (e.x, photo_crops(n, seed))
+    train, test_in = split(n, rng)
+    n_out = int(round(STYLE_OUT_SHARE / (1 - STYLE_OUT_SHARE) * len(test_in)))
+    out = np.sort(rng.choice(n, size=n_out, replace=False))
+    names = [*e.categories, PHOTO]
+    # Labels: the emoji's category where an emoji is shown, else one "photo" class.
+    label = (lambda rows: np.full(len(rows), len(e.categories))) if inlier == PHOTO else (lambda rows: e.y[rows])
+    other_label = (lambda rows: e.y[rows]) if inlier == PHOTO else (lambda rows: np.full(len(rows), len(e.categories)))
+    x = torch.cat([own[torch.from_numpy(test_in)], other[torch.from_numpy(out)]])
+    y = np.concatenate([label(test_in), other_label(out)])
+    kind = PHOTO if inlier != PHOTO else style
+    return Task("foreign", f"in: {inlier}, out: {kind}",
+                ImageSet(own[torch.from_numpy(train)], label(train), names, source=f"{inlier}-train"),
+                ImageSet(x, y, names, source=f"{inlier}+{kind}"), np.arange(len(y)) >= len(test_in))
+
+
 def build_tasks(emoji: dict[str, Emoji], novel: list[int], seed: int, which: list[str]) -> list[Task]:
     """Every direction of every task in `which` for one seed, in table order."""
     tasks = []
@@ -247,6 +275,8 @@ def build_tasks(emoji: dict[str, Emoji], novel: list[int], seed: int, which: lis
     if "photo" in which:
         tasks += [photo_task(emoji, "google", "google", seed, INJECT_SHARE),
                   photo_task(emoji, PHOTO, "google", seed, INJECT_SHARE)]
+    if "foreign" in which:
+        tasks += [foreign_task(emoji, "google", "google", seed), foreign_task(emoji, PHOTO, "google", seed)]
     if "clean" in which:
         tasks += [audit_task(emoji, s, seed, 0.0) for s in STYLES]
         if "photo" in which:
@@ -360,6 +390,8 @@ def genaug_rows(task: Task, family: str, scores: list[str], config: TrainConfig)
                     warned.add(w)
                     log(f"  genaug warning ({family}): {w}")
             SAVED[f"{prefix}|{family}/{kind}|scored"] = result.score
+            if result.rarity is not None:  # feature-space rarity: a candidate score, compared offline
+                SAVED[f"{prefix}|{family}/{kind}|rarity"] = result.rarity
             if model is not None:
                 record = CalibrationRecord.of(model).scores
                 SAVED[f"{prefix}|{family}/{kind}|calibration"] = score_values(record, concrete, record)

@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 
 from genaug.data.readers import as_imageset
-from genaug.detect import DEFAULT_FDR
+from genaug.detect import DEFAULT_CONFORMAL, DEFAULT_FDR
 from genaug.errors import GenaugError
 from genaug.fit import DEFAULT_CALIBRATION_FRACTION
 from genaug.progress import AUTO
@@ -40,7 +40,7 @@ class OutlierDetector(OutlierMixin, BaseEstimator):
     Parameters are those of `genaug fit` and `genaug detect-outliers`:
     `family`, `score` (auto, llr, complexity, nll, typicality, ensemble, or
     the family's raw scores), `fdr`, `contamination` (flag a share instead
-    of BH), training `epochs`, `time_limit` (minutes), `batch_size`, `lr`,
+    of BH), `conformal` ("extended" or "exact" p-values), training `epochs`, `time_limit` (minutes), `batch_size`, `lr`,
     `device`, `seed`, `model_options` (constructor options, e.g.
     {"latent_dim": 32}), `llr` (train the background model; None: when the
     family has a likelihood), `calibration_fraction`, and `progress`
@@ -54,6 +54,7 @@ class OutlierDetector(OutlierMixin, BaseEstimator):
         score: str = "auto",
         fdr: float = DEFAULT_FDR,
         contamination: float | None = None,
+        conformal: str = DEFAULT_CONFORMAL,
         epochs: int | None = None,
         time_limit: float | None = None,
         batch_size: int | None = None,
@@ -70,6 +71,7 @@ class OutlierDetector(OutlierMixin, BaseEstimator):
         self.score = score
         self.fdr = fdr
         self.contamination = contamination
+        self.conformal = conformal
         self.epochs = epochs
         self.time_limit = time_limit
         self.batch_size = batch_size
@@ -125,7 +127,8 @@ class OutlierDetector(OutlierMixin, BaseEstimator):
 
         self._check_fitted()
         return detect_outliers(as_imageset(X), model=self.model_, score=self.score, fdr=self.fdr,
-                               contamination=self.contamination, console=self._console())  # fmt: skip
+                               contamination=self.contamination, conformal=self.conformal,
+                               console=self._console())  # fmt: skip
 
     def decision_function(self, X) -> np.ndarray:
         """[N] anomaly scores of X, higher = more anomalous (PyOD's convention)."""
@@ -136,7 +139,8 @@ class OutlierDetector(OutlierMixin, BaseEstimator):
         return -self.decision_function(X)
 
     def p_values(self, X) -> np.ndarray:
-        """[N] conformal p-values of X against the calibration split (small = unlike the training data)."""
+        """[N] conformal p-values of X against the calibration split (small = unlike the training data;
+        extended beyond the largest calibration score unless `conformal="exact"`)."""
         return self.detect(X).p_value
 
     def predict(self, X) -> np.ndarray:

@@ -69,9 +69,23 @@ def test_reference_mode_p_values_are_calibrated_and_find_foreign_images(referenc
     assert result.p_value[foreign].max() < 0.05
 
 
-def test_too_few_calibration_scores_is_a_warning(reference_model, digits):
-    result = genaug.detect_outliers(digits, model=reference_model, fdr=0.01)
+def test_too_few_calibration_scores_is_a_warning_for_exact_p_values(reference_model, digits):
+    result = genaug.detect_outliers(digits, model=reference_model, fdr=0.01, conformal="exact")
     assert result.warnings and "calibration scores" in result.warnings[0]
+    # Extended p-values go below the conformal floor: 750 calibration scores are enough for them.
+    assert not genaug.detect_outliers(digits, model=reference_model, fdr=0.01).warnings
+
+
+def test_extended_p_values_are_the_exact_ones_above_the_floor(reference_model, digits):
+    dirty, _ = with_foreign_images(digits.subset(np.arange(1500, len(digits))), share=0.05, seed=1)
+    extended = genaug.detect_outliers(dirty, model=reference_model)
+    exact = genaug.detect_outliers(dirty, model=reference_model, conformal="exact")
+    assert (extended.settings["conformal"], exact.settings["conformal"]) == ("extended", "exact")
+    floor = 1 / (exact.settings["n_calibration"] + 1)
+    assert exact.p_value.min() == pytest.approx(floor) and extended.p_value.min() < floor
+    above = exact.p_value > floor * (1 + 1e-9)
+    np.testing.assert_array_equal(extended.p_value[above], exact.p_value[above])
+    assert not (exact.is_outlier & ~extended.is_outlier).any()  # smaller p-values: BH flags a superset
 
 
 def test_saved_model_scores_the_same_as_in_memory(reference_model, digits, tmp_path):
@@ -113,6 +127,8 @@ def test_bad_settings_are_clear_errors(reference_model, digits):
         genaug.detect_outliers(data, model=reference_model, fdr=2.0)
     with pytest.raises(GenaugError, match="score"):
         genaug.detect_outliers(data, model=reference_model, score="magic")
+    with pytest.raises(GenaugError, match="--conformal must be one of extended, exact"):
+        genaug.detect_outliers(data, model=reference_model, conformal="magic")
     uncalibrated = genaug.fit(digits.subset(np.arange(50)), train_config=TrainConfig(epochs=1, progress=False))
     uncalibrated.metadata.pop("calibration")
     with pytest.raises(GenaugError, match="calibration"):

@@ -216,6 +216,8 @@ BAD = [
      5, "steps[0].detect_outliers.fdr: must be a finite number"),
     ("job's own check", "source: data.npz\nsteps:\n  - detect_outliers:\n      output: o.parquet\n      fdr: 2\n",
      5, "steps[0].detect_outliers.fdr: --fdr must be between 0 and 1"),
+    ("conformal in self-audit", "source: data.npz\nsteps:\n  - detect_outliers:\n      output: o.parquet\n"
+     "      conformal: exact\n", 5, "steps[0].detect_outliers.conformal: conformal applies to reference mode"),
     ("training check", "source: data.npz\nmodel:\n  family: vae\n  epochs: 0\n" + FIT,
      4, "model.epochs: epochs must be a positive integer"),
     ("model option", "source: data.npz\nmodel:\n  options:\n    latnt_dim: 4\n" + FIT,

@@ -23,7 +23,8 @@ def small_model(digits):
 
 def test_a_call_that_cannot_flag_anything_warns(small_model, digits):
     with pytest.warns(UserWarning, match="BH at fdr 0.01 flags nothing unless at least") as caught:
-        genaug.detect_outliers(digits.subset(np.arange(100)), model=small_model, fdr=0.01, score="complexity")
+        genaug.detect_outliers(digits.subset(np.arange(100)), model=small_model, fdr=0.01, score="complexity",
+                               conformal="exact")  # fmt: skip
     assert all(issubclass(w.category, GenaugWarning) for w in caught)
     assert caught[0].filename == __file__  # attributed to the caller's line, not genaug's
 
@@ -33,7 +34,7 @@ def test_the_cli_prints_each_warning_once(small_model, digits, tmp_path):
     np.savez(tmp_path / "few.npz", x=digits.images[:100].numpy())
     done = subprocess.run(
         [sys.executable, "-m", "genaug", "detect-outliers", tmp_path / "few.npz", "--model-path", tmp_path / "m.safetensors",
-         "--fdr", "0.01", "--score", "complexity", "-o", tmp_path / "o.parquet", "-q"],
+         "--fdr", "0.01", "--score", "complexity", "--conformal", "exact", "-o", tmp_path / "o.parquet", "-q"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

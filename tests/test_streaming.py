@@ -13,7 +13,7 @@ import genaug
 from conftest import with_foreign_images
 from genaug.cli.app import main
 from genaug.data.imageset import ImageSet
-from genaug.data.parquet import write_image_table
+from genaug.data.parquet import read_genaug_metadata, write_image_table
 from genaug.data.readers import load_images
 from genaug.data.streaming import is_parquet_source, open_parquet
 from genaug.errors import GenaugError
@@ -215,6 +215,7 @@ def test_paths_in_a_streamed_file_stay_inside_its_root(tmp_path):
         (["digits", "--engine", "ray", "--model-path", "{model}"], "--engine ray reads Parquet input"),
         (["{data}", "--ray-concurrency", "2", "--model-path", "{model}"], "go with --engine ray"),
         (["{folder}", "--model-path", "{model}"], "no Parquet files match"),
+        (["digits", "--conformal", "exact"], "--conformal applies to reference mode"),
     ],
 )
 def test_engine_errors_are_one_line(args, message, model_path, parquet_file, tmp_path, capsys):
@@ -224,6 +225,15 @@ def test_engine_errors_are_one_line(args, message, model_path, parquet_file, tmp
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_streamed_detection_takes_the_exact_conformal_p_values(model_path, parquet_file, tmp_path):
+    out = tmp_path / "o.parquet"
+    assert main(["detect-outliers", str(parquet_file), "--model-path", str(model_path), "--conformal", "exact",
+                 "-o", str(out), "--quiet"]) == 0  # fmt: skip
+    in_memory = genaug.detect_outliers(load_images(parquet_file), model=model_path, conformal="exact", console=None)
+    assert read_genaug_metadata(out)["conformal"] == "exact"
+    np.testing.assert_array_equal(pq.read_table(out)["p_value"].to_numpy(), in_memory.p_value)
 
 
 def test_the_cli_engine_choices_are_the_engines():

@@ -219,6 +219,7 @@ ImageSize = Annotated[Optional[str], typer.Option("--image-size", help="Resize e
 # Fixed choices (the jobs' own tuples, copied here so `genaug --help` needs no torch; a test keeps them equal).
 MODES = ("gray", "rgb")
 ENGINES = ("local", "ray")
+CONFORMAL, DEFAULT_CONFORMAL = ("extended", "exact"), "extended"
 DENSITIES = ("clusters", "mixture", "knn", "kde", "gmm", "histogram")
 AGGREGATES = ("product", "max")
 
@@ -231,6 +232,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 Mode, Density, Aggregate = _choices("Mode", MODES), _choices("Density", DENSITIES), _choices("Aggregate", AGGREGATES)
 Engine = _choices("Engine", ENGINES)
+Conformal = _choices("Conformal", CONFORMAL)
 
 
 def _value(choice):
@@ -466,6 +468,15 @@ def detect_outliers(
     folds: Annotated[int, typer.Option(help="Cross-fitting folds in self-audit mode.")] = 2,
     iwae_k: IwaeK = None,
     mutation_rate: MutationRate = None,
+    conformal: Annotated[
+        Optional[Conformal],
+        typer.Option(
+            case_sensitive=False,
+            help="Conformal p-values, with --model-path: extended (default; a fitted tail beyond the largest "
+            "calibration score, so BH can flag far outliers even with a small calibration split) or exact "
+            "(never below 1/(calibration scores + 1)).", show_default=False,
+        ),
+    ] = None,
     top: Annotated[int, typer.Option(help="Rows of the top-outlier table to print.")] = 10,
     report: Annotated[
         Optional[Path], typer.Option(help="Also write an HTML report (top outliers, edge cases, histogram) here.")
@@ -522,6 +533,9 @@ def detect_outliers(
         raise GenaugError("--engine ray needs --model-path (reference mode); self-audit trains on DATA and runs locally")
     if engine != "ray" and (ray_address is not None or ray_concurrency is not None):
         raise GenaugError("--ray-address and --ray-concurrency go with --engine ray")
+    if conformal is not None and model_path is None:
+        raise GenaugError("--conformal applies to reference mode (--model-path); self-audit fits its own null")
+    conformal = DEFAULT_CONFORMAL if conformal is None else _value(conformal)
     streams = model_path is not None and is_parquet_source(data)
     if engine == "ray" and not streams:
         raise GenaugError(
@@ -531,7 +545,8 @@ def detect_outliers(
         return _detect_streaming(
             data, output, model_path, report=report, top=top, engine=engine, ray_address=ray_address,
             ray_concurrency=ray_concurrency, device=device, quiet=quiet, score=score, fdr=fdr,
-            contamination=contamination, iwae_k=iwae_k, mutation_rate=mutation_rate, image_size=_parse_size(image_size),
+            contamination=contamination, iwae_k=iwae_k, mutation_rate=mutation_rate, conformal=conformal,
+            image_size=_parse_size(image_size),
             mode=_value(mode), image_column=image_column, label_column=label_column, id_column=id_column,
             allow_outside_root=allow_outside_root, max_pixels=max_pixels,
         )  # fmt: skip
@@ -550,6 +565,7 @@ def detect_outliers(
         folds=folds,
         iwae_k=iwae_k,
         mutation_rate=mutation_rate,
+        conformal=conformal,
         train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim, time_limit=time_limit),
         console=None if quiet else err,
     )

@@ -52,6 +52,7 @@ DATASET_STEPS = ("detect_outliers", "rebalance", "synthesize", "augment", "filte
 # Steps that may train a model of their own when none is given.
 TRAINING_STEPS = ("detect_outliers", "rebalance")
 ENGINES = ("local", "ray")
+CONFORMAL = ("extended", "exact")  # genaug.detect.CONFORMAL (a test keeps them equal; detect imports torch)
 EXPORT_FORMATS = ("parquet", "folder")
 SOURCE = "source"  # the `input` that names the pipeline's source
 TRAIN = "train"  # the `model` that asks a step to train its own
@@ -161,7 +162,7 @@ STEP_KEYS: dict[str, dict[str, Kind]] = {
             "mutation_rate": NUMBER},
     "detect_outliers": {**_COMMON, **_INPUT, **_MODEL, "score": STR, "fdr": NUMBER, "contamination": NUMBER,
                         "folds": Kind("int", minimum=2), "iwae_k": INT, "mutation_rate": NUMBER,
-                        "engine": Kind("choice", choices=ENGINES)},
+                        "conformal": Kind("choice", choices=CONFORMAL), "engine": Kind("choice", choices=ENGINES)},
     "rebalance": {**_COMMON, **_INPUT, **_MODEL, "resampled": STR, "density": STR, "components": Kind("int", minimum=1),
                   "bins": Kind("int", minimum=2), "alpha": NUMBER, "aggregate": STR, "per_class": BOOL,
                   "size": Kind("int", minimum=1), "synthesize": Kind("int", minimum=0), "seed": SEED},
@@ -674,6 +675,9 @@ def _step_checks(spec: PipelineSpec, i: int, cls) -> list[tuple[tuple, Callable]
         elif "mutation_rate" in s:
             checks.append((at("mutation_rate"), lambda: _raise(
                 "mutation_rate applies to self-audit (model: train); a fitted model's background model keeps its own")))
+        if model_ref == TRAIN and "conformal" in s:
+            checks.append((at("conformal"), lambda: _raise(
+                "conformal applies to reference mode (a fitted model); self-audit fits its own null")))
         engine = s.get("engine", spec.engine)
         if engine == "ray":
             where = at("engine") if "engine" in s else ("engine",)

@@ -96,7 +96,11 @@ def test_version_and_help_import_no_torch(args):
 def test_the_cli_choices_are_the_jobs_own():
     from genaug.cli import app
     from genaug.data.readers import _MODES
+    from genaug.detect import DEFAULT_CONFORMAL, CONFORMAL
     from genaug.rebalance import AGGREGATES, METHODS
 
     assert set(app.DENSITIES) == set(METHODS) and app.AGGREGATES == AGGREGATES
+    from genaug.pipelines import spec
+
+    assert (app.CONFORMAL, app.DEFAULT_CONFORMAL) == (CONFORMAL, DEFAULT_CONFORMAL) and spec.CONFORMAL == CONFORMAL
     assert {_MODES[m] for m in app.MODES} == {"L", "RGB"}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from genaug.data.streaming import ParquetSource, open_parquet
-from genaug.detect import DEFAULT_FDR, ReferencePlan, reference_plan
+from genaug.detect import DEFAULT_FDR, DEFAULT_CONFORMAL, ReferencePlan, reference_plan
 from genaug.errors import warn_all
 from genaug.models.base import GenerativeModel
 from genaug.progress import AUTO, progress_bar, resolve_console
@@ -41,6 +41,7 @@ def detect_outliers_parquet(
     contamination: float | None = None,
     iwae_k: int | None = None,
     mutation_rate: float | None = None,
+    conformal: str = DEFAULT_CONFORMAL,
     image_size: int | tuple[int, int] | None = None,
     mode: str | None = None,
     image_column: str | None = None,
@@ -62,7 +63,7 @@ def detect_outliers_parquet(
     """
     console = resolve_console(console)
     plan = reference_plan(model, score=score, fdr=fdr, contamination=contamination, iwae_k=iwae_k,
-                          mutation_rate=mutation_rate, device=device)  # fmt: skip
+                          mutation_rate=mutation_rate, conformal=conformal, device=device)  # fmt: skip
     inputs = [("DATA", data)] + ([("--model-path", model)] if isinstance(model, (str, Path)) else [])
     source = open_parquet(
         data, image_column, label_column, id_column, image_size=image_size, mode=mode,

@@ -39,7 +39,7 @@ import pyarrow as pa
 from genaug.data.imageset import ImageSet
 from genaug.data.readers import as_imageset
 from genaug.data.streaming import ImageBatch, open_parquet
-from genaug.detect import DEFAULT_FDR, DetectionResult, ReferencePlan, calibrate_and_flag, reference_plan
+from genaug.detect import DEFAULT_FDR, DEFAULT_CONFORMAL, DetectionResult, ReferencePlan, calibrate_and_flag, reference_plan
 from genaug.errors import GenaugError, first_line, warn_all
 from genaug.models.base import GenerativeModel
 from genaug.progress import AUTO, progress_bar, resolve_console
@@ -112,6 +112,7 @@ def detect_outliers_parquet(
     contamination: float | None = None,
     iwae_k: int | None = None,
     mutation_rate: float | None = None,
+    conformal: str = DEFAULT_CONFORMAL,
     image_size: int | tuple[int, int] | None = None,
     mode: str | None = None,
     image_column: str | None = None,
@@ -132,7 +133,7 @@ def detect_outliers_parquet(
     """
     console = resolve_console(console)
     plan = reference_plan(model, score=score, fdr=fdr, contamination=contamination, iwae_k=iwae_k,
-                          mutation_rate=mutation_rate)  # fmt: skip
+                          mutation_rate=mutation_rate, conformal=conformal)  # fmt: skip
     inputs = [("DATA", data)] + ([("--model-path", model)] if isinstance(model, (str, Path)) else [])
     source = open_parquet(
         data, image_column, label_column, id_column, image_size=image_size, mode=mode,
@@ -165,6 +166,7 @@ def detect_outliers(
     contamination: float | None = None,
     iwae_k: int | None = None,
     mutation_rate: float | None = None,
+    conformal: str = DEFAULT_CONFORMAL,
     address: str | None = None,
     concurrency: int | None = None,
     num_cpus: int | None = None,
@@ -182,7 +184,7 @@ def detect_outliers(
     console = resolve_console(console)
     data = as_imageset(data)
     plan = reference_plan(model, score=score, fdr=fdr, contamination=contamination, iwae_k=iwae_k,
-                          mutation_rate=mutation_rate)  # fmt: skip
+                          mutation_rate=mutation_rate, conformal=conformal)  # fmt: skip
     tables = list(_scored(plan, len(data), console, address, concurrency, num_cpus, data=data))
     raw = raw_scores(tables)
     png = [b for t in tables for b in t.column("image").combine_chunks().field("bytes").to_pylist()]
