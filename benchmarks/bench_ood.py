@@ -253,13 +253,13 @@ def foreign_task(emoji: dict[str, Emoji], inlier: str, style: str, seed: int) ->
     out = np.sort(rng.choice(n, size=n_out, replace=False))
     names = [*e.categories, PHOTO]
     # Labels: the emoji's category where an emoji is shown, else one "photo" class.
-    label = (lambda rows: np.full(len(rows), len(e.categories))) if inlier == PHOTO else (lambda rows: e.y[rows])
-    other_label = (lambda rows: e.y[rows]) if inlier == PHOTO else (lambda rows: np.full(len(rows), len(e.categories)))
+    photo_y = np.full(n, len(e.categories))
+    own_y, other_y = (photo_y, e.y) if inlier == PHOTO else (e.y, photo_y)
     x = torch.cat([own[torch.from_numpy(test_in)], other[torch.from_numpy(out)]])
-    y = np.concatenate([label(test_in), other_label(out)])
+    y = np.concatenate([own_y[test_in], other_y[out]])
     kind = PHOTO if inlier != PHOTO else style
     return Task("foreign", f"in: {inlier}, out: {kind}",
-                ImageSet(own[torch.from_numpy(train)], label(train), names, source=f"{inlier}-train"),
+                ImageSet(own[torch.from_numpy(train)], own_y[train], names, source=f"{inlier}-train"),
                 ImageSet(x, y, names, source=f"{inlier}+{kind}"), np.arange(len(y)) >= len(test_in))
 
 

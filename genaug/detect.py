@@ -368,9 +368,9 @@ def calibrate_and_flag(
     rule and the edge-case share. The in-memory job and the streaming
     engines all end here.
     """
+    exact = settings.get("conformal", DEFAULT_CONFORMAL) == "exact"
     if reference is not None:
         s = score_values(raw, kind, reference)
-        exact = settings.get("conformal", DEFAULT_CONFORMAL) == "exact"
         p = (conformal_p_values if exact else extended_conformal_p_values)(score_values(reference, kind, reference), s)
     else:
         # The data may hold the outliers: typicality measures from their median.

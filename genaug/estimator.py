@@ -40,9 +40,9 @@ class OutlierDetector(OutlierMixin, BaseEstimator):
     Parameters are those of `genaug fit` and `genaug detect-outliers`:
     `family`, `score` (auto, llr, complexity, nll, typicality, ensemble, or
     the family's raw scores), `fdr`, `contamination` (flag a share instead
-    of BH), `conformal` ("extended" or "exact" p-values), training `epochs`, `time_limit` (minutes), `batch_size`, `lr`,
-    `device`, `seed`, `model_options` (constructor options, e.g.
-    {"latent_dim": 32}), `llr` (train the background model; None: when the
+    of BH), `conformal` ("extended" or "exact" p-values), training
+    `epochs`, `time_limit` (minutes), `batch_size`, `lr`, `device`, `seed`,
+    `model_options` (constructor options, e.g. {"latent_dim": 32}), `llr` (train the background model; None: when the
     family has a likelihood), `calibration_fraction`, and `progress`
     (True, False or "auto": a terminal or notebook).
     """

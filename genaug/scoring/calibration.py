@@ -158,7 +158,8 @@ def fit_pareto_tail(exceedances: np.ndarray, width: float | None = None) -> tupl
             zw = shape * width / scale
             if zw <= -1:
                 return np.inf
-            log_cdf = np.log(-np.expm1(-width / scale)) if abs(shape) < 1e-9 else np.log(-np.expm1(-np.log1p(zw) / shape))
+            log_sf = -width / scale if abs(shape) < 1e-9 else -np.log1p(zw) / shape
+            log_cdf = np.log(-np.expm1(log_sf))
             ll -= window.size * log_cdf
         return -ll if np.isfinite(ll) else np.inf
 

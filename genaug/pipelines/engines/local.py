@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from genaug.data.streaming import ParquetSource, open_parquet
-from genaug.detect import DEFAULT_FDR, DEFAULT_CONFORMAL, ReferencePlan, reference_plan
+from genaug.detect import DEFAULT_CONFORMAL, DEFAULT_FDR, ReferencePlan, reference_plan
 from genaug.errors import warn_all
 from genaug.models.base import GenerativeModel
 from genaug.progress import AUTO, progress_bar, resolve_console

@@ -39,7 +39,14 @@ import pyarrow as pa
 from genaug.data.imageset import ImageSet
 from genaug.data.readers import as_imageset
 from genaug.data.streaming import ImageBatch, open_parquet
-from genaug.detect import DEFAULT_FDR, DEFAULT_CONFORMAL, DetectionResult, ReferencePlan, calibrate_and_flag, reference_plan
+from genaug.detect import (
+    DEFAULT_CONFORMAL,
+    DEFAULT_FDR,
+    DetectionResult,
+    ReferencePlan,
+    calibrate_and_flag,
+    reference_plan,
+)
 from genaug.errors import GenaugError, first_line, warn_all
 from genaug.models.base import GenerativeModel
 from genaug.progress import AUTO, progress_bar, resolve_console
