@@ -125,7 +125,8 @@ def extended_conformal_p_values(
         return p
     shape, scale = fit_pareto_tail(exceed)
     tail_p = (exceed.size + 1.0) / (cal.size + 1.0) * stats.genpareto.sf(s[beyond] - u, shape, scale=scale)
-    p[beyond] = np.minimum(1.0 / (cal.size + 1.0), tail_p)
+    # The tail may underflow far out (or with sub-normal scales); a p-value stays positive.
+    p[beyond] = np.clip(tail_p, np.finfo(np.float64).tiny, 1.0 / (cal.size + 1.0))
     return p
 
 
