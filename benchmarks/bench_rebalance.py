@@ -36,6 +36,7 @@ import platform
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ from torch.nn import functional as F
 import genaug
 from genaug.data.imageset import ImageSet
 from genaug.models.registry import available_families, get_family
-from genaug.rebalance import DEFAULT_METHOD, METHODS, effective_sample_size, sampling_weights
+from genaug.rebalance import DEFAULT_METHOD, METHODS, effective_sample_size, sampling_weights, worst_fit_weights
 from genaug.train import TrainConfig
 from rebalance_tasks import TASKS, build
 from tables import print_table
@@ -138,20 +139,28 @@ def bias_experiment(seed: int, n_synth: int) -> list[dict]:
     return rows
 
 
-def emoji_experiment(emoji_dir: Path, style: str, task: str, seed: int, n_synth: int, time_limit: float,
-                     trim: float | None, steps: int) -> list[dict]:
+def emoji_experiment(emoji_dir: Path, style: str, task: str, seed: int, n_synth: int, train: TrainConfig,
+                     steps: int, methods: list[str], boosts: list[float]) -> list[dict]:
     """Every weighting on one task and seed; one row per training-data variant."""
     t = build(emoji_dir, style, task, seed)
     rare, k = t.rare, len(t.train.class_names)
     start = time.perf_counter()
-    result = genaug.rebalance(t.train, synthesize=n_synth, seed=seed,
-                              train_config=TrainConfig(progress=False, seed=seed, time_limit=time_limit, trim_fraction=trim))
+    result = genaug.rebalance(t.train, synthesize=n_synth, seed=seed, train_config=replace(train, seed=seed))
     seconds = time.perf_counter() - start
     oracle = np.where(rare, 0.5 / rare.mean(), 0.5 / (1 - rare.mean()))
     weights = {"uniform": None, "oracle (group labels)": oracle}
-    for method in METHODS:
-        weights[method + (" (default)" if method == DEFAULT_METHOD else "")] = (
-            result.weights if method == DEFAULT_METHOD else sampling_weights(result.latents, method=method, seed=seed))
+    fit, boost = result.fit_scores, result.settings["fit_boost"]
+    for method in methods:
+        w = sampling_weights(result.latents, method=method, seed=seed)
+        weights[method] = w
+        # The model's fit on top of the density (the default's, DEFAULT_FIT_BOOST, is result.weights).
+        for b in boosts if fit is not None else []:
+            name = f"{method} x worst-fit {b:g}" + (" (default)" if method == DEFAULT_METHOD and b == boost else "")
+            weights[name] = worst_fit_weights(w, fit, boost=b)
+    if fit is not None and boosts:
+        weights[f"worst-fit {max(boosts):g} alone"] = worst_fit_weights(np.ones(len(fit)), fit, boost=max(boosts))
+    if not any("(default)" in name for name in weights):
+        weights["default"] = result.weights
     rows = []
 
     def evaluate(name, net, w):
@@ -170,7 +179,7 @@ def emoji_experiment(emoji_dir: Path, style: str, task: str, seed: int, n_synth:
         w = np.concatenate([result.weights, np.full(len(synth), np.median(result.weights[result.weights > 1]))])
         net = train_classifier(torch.cat([t.train.images, synth.images]), np.concatenate([t.train.labels, synth.labels]),
                                weights=w, seed=seed, steps=steps, num_classes=k)
-        evaluate(f"{DEFAULT_METHOD} + {len(synth)} synthesized", net, None)
+        evaluate(f"default + {len(synth)} synthesized", net, None)
     rows[0]["rebalance s"] = seconds
     print(f"[{time.strftime('%H:%M:%S')}] {style} {task} seed {seed}: "
           + "; ".join(f"{r['training data']} rare {r['rare acc']:.3f} common {r['common acc']:.3f}"
@@ -222,18 +231,27 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["emoji", "digits", "cas"], choices=["emoji", "digits", "cas"])
     parser.add_argument("--time-limit", type=float, default=1.0, help="minutes of VAE training per task and seed")
     parser.add_argument("--trim", type=float, default=None, help="trimmed share for the VAE (default: rebalance's)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="VAE epochs instead of --time-limit (figures that do not depend on the machine's load)")
     parser.add_argument("--steps", type=int, default=600, help="classifier steps (batch 64)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="densities to compare (each alone and with the worst-fit boosts)")
+    parser.add_argument("--boosts", nargs="*", type=float, default=[3.0],
+                        help="worst-fit boosts to put on top of every density (none: densities alone)")
     args = parser.parse_args()
+    train = TrainConfig(progress=False, time_limit=None if args.epochs else args.time_limit, epochs=args.epochs,
+                        trim_fraction=args.trim)
     print(f"# {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     if "emoji" in args.parts:
         if args.emoji_dir is None:
             parser.error("the emoji part needs --emoji-dir (or leave it out with --parts digits cas)")
         print(f"\n## emoji tasks: category classifier, rare group 2% of training (mean ± std over {args.seeds} seeds; "
-              f"VAE {args.time_limit} min, trim {args.trim if args.trim is not None else 'default'})")
+              f"VAE {f'{args.epochs} epochs' if args.epochs else f'{args.time_limit} min'}, "
+              f"trim {args.trim if args.trim is not None else 'default'})")
         for style in args.styles:
             for task in args.tasks:
                 rows = [r for s in range(args.seeds) for r in emoji_experiment(
-                    args.emoji_dir, style, task, s, args.synthesize, args.time_limit, args.trim, args.steps)]
+                    args.emoji_dir, style, task, s, args.synthesize, train, args.steps, args.methods, args.boosts)]
                 print(f"\n### {style} {task}\n")
                 print_table(summarise(rows, "training data", ["rare acc", "common acc", "rare weight ratio", "rare share",
                                                                 "ESS share", "rebalance s"]))

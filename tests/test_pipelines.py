@@ -236,6 +236,10 @@ BAD = [
      3, "model.lr: must be a finite number, got the string '1e-3'"),
     ("step without a model", "source: data.npz\nsteps:\n  - synthesize: {n: 4, output: s.parquet}\n",
      3, "steps[0].synthesize: a synthesize step needs a model"),
+    ("fit boost below 1", "source: data.npz\nsteps:\n  - rebalance:\n      output: w.parquet\n      fit_boost: 0.5\n",
+     5, "steps[0].rebalance.fit_boost: --fit-boost must be a finite number >= 1"),
+    ("fit boost without a likelihood", "source: data.npz\nmodel:\n  family: ae\nsteps:\n  - rebalance:\n"
+     "      output: w.parquet\n      fit_boost: 3\n", 7, "rebalance fit_boost needs nll, which model family 'ae' lacks"),
 ]  # fmt: skip
 
 

@@ -323,6 +323,81 @@ def test_gmm_is_deterministic_for_a_seed(biased):
     np.testing.assert_array_equal(rb.sampling_weights(z, method="gmm", seed=1), rb.sampling_weights(z, method="gmm", seed=1))
 
 
+# -- the model's fit ---------------------------------------------------------
+def hidden_group(seed: int = 0):
+    """A 2% group the features hide (same latent distribution as the rest) but the model fits
+    worse (its fit scores are shifted up by 2 sd): the colour-cast emoji of benchmarks/README.md."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((N, D))
+    rare = np.zeros(N, dtype=bool)
+    rare[rng.choice(N, int(RARE_SHARE * N), replace=False)] = True
+    fit = rng.standard_normal(N) + 2.0 * rare
+    return z, fit, rare
+
+
+def test_a_group_the_features_hide_but_the_fit_shows_is_lifted_only_with_the_fit():
+    z, fit, rare = hidden_group()
+    density = rb.sampling_weights(z)
+    assert ratio(density, rare) < 1.5  # k-means has nothing to find
+    boosted = rb.worst_fit_weights(density, fit)
+    # ~75% of the group is in the worst-fitted 10%, drawn 3x: at best 3 / 1.2 = 2.5x
+    assert ratio(boosted, rare) >= 1.8
+    assert ratio(rb.worst_fit_weights(density, fit, boost=6.0), rare) > ratio(boosted, rare)
+
+
+def test_worst_fitted_takes_the_highest_scores_within_each_label():
+    fit = np.array([5.0, 1.0, 4.0, 2.0, 9.0, 0.0, 3.0, 8.0])
+    np.testing.assert_array_equal(rb.worst_fitted(fit, 0.25), fit >= 8.0)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(rb.worst_fitted(fit, 0.25, labels), np.isin(fit, [5.0, 9.0]))
+    assert rb.worst_fitted(fit, 0.01).sum() == 1  # never empty
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    w=arrays(np.float64, st.integers(2, 60), elements=st.floats(0.01, 100)),
+    share=st.floats(0.01, 0.99),
+    boost=st.floats(1.0, 50.0),
+    data=st.data(),
+)
+def test_the_boost_multiplies_the_worst_fitted_against_the_rest_and_keeps_mean_one(w, share, boost, data):
+    fit = data.draw(arrays(np.float64, len(w), elements=st.floats(-1e6, 1e6)))
+    out = rb.worst_fit_weights(w, fit, share=share, boost=boost)
+    worst = rb.worst_fitted(fit, share)
+    assert np.all(out > 0) and np.all(np.isfinite(out)) and out.mean() == pytest.approx(1.0)
+    r = out / w  # one constant for the rest, `boost` times it for the worst-fitted
+    base = r[~worst][0] if (~worst).any() else r[0] / boost
+    np.testing.assert_allclose(r, np.where(worst, boost, 1.0) * base, rtol=1e-9)
+    # The worst-fitted images' share of the draws never falls.
+    assert rb.rare_share(out, worst) >= rb.rare_share(w, worst) - 1e-12
+
+
+def test_boost_one_changes_nothing_and_per_class_keeps_class_totals():
+    z, fit, rare = hidden_group(1)
+    w = rb.sampling_weights(z)
+    np.testing.assert_allclose(rb.worst_fit_weights(w, fit, boost=1.0), w)
+    labels = np.arange(N) % 3
+    per_class = rb.worst_fit_weights(w, fit, labels=labels)
+    for c in range(3):
+        assert per_class[labels == c].sum() == pytest.approx(w[labels == c].sum())
+
+
+def test_the_boost_is_on_by_default_only_for_group_densities_of_families_with_a_likelihood():
+    from genaug.models.registry import get_family
+
+    vae, ae = get_family("vae"), get_family("ae")
+    assert rb.default_fit_boost("clusters", vae) == rb.default_fit_boost("mixture", vae) == rb.DEFAULT_FIT_BOOST > 1
+    assert rb.default_fit_boost("knn", vae) == rb.default_fit_boost("clusters", ae) == 1.0
+
+
+def test_a_near_uniform_density_under_a_fit_boost_warns_that_only_the_fit_lifts():
+    w = np.ones(100)
+    boosted = rb.worst_fit_weights(w, np.arange(100.0))
+    assert rb.weight_warnings(rb.summary(boosted), []) == []  # the boost alone moves the rarest decile
+    warnings = rb.weight_warnings(rb.summary(boosted), [], before_fit=(rb.summary(w), []))
+    assert len(warnings) == 1 and "only the worst-fitted images" in warnings[0]
+
+
 # -- per class ---------------------------------------------------------------
 def test_per_class_weights_work_within_each_class_and_keep_class_totals():
     rng = np.random.default_rng(1)
@@ -519,6 +594,13 @@ GOOD = np.random.default_rng(0).standard_normal((50, 3))
         lambda: rb.latent_smote(GOOD, np.ones(50), 5, labels=np.zeros(3)),
         lambda: rb.rare_share(np.ones(5), np.ones(4, dtype=bool)),
         lambda: rb.drawn_share(np.array([0, 7]), np.ones(5, dtype=bool)),
+        lambda: rb.worst_fit_weights(np.ones(5), np.ones(4)),
+        lambda: rb.worst_fit_weights(np.ones(5), np.ones(5), boost=0.5),
+        lambda: rb.worst_fit_weights(np.ones(5), np.ones(5), boost=float("inf")),
+        lambda: rb.worst_fit_weights(np.ones(5), np.ones(5), share=1.0),
+        lambda: rb.worst_fit_weights(np.ones(5), np.ones(5), share=0),
+        lambda: rb.worst_fit_weights(np.ones(5), np.array([1.0, np.nan, 0, 0, 0])),
+        lambda: rb.worst_fit_weights(np.ones(5), np.ones(5), labels=np.zeros(4)),
     ],
 )
 def test_bad_arguments_raise_one_clear_error(call):

@@ -911,6 +911,13 @@ def rebalance(
     aggregate: Annotated[
         Aggregate, typer.Option(help="Histogram: combine dimensions by product (paper) or max (reference code).")
     ] = "product",
+    fit_boost: Annotated[
+        Optional[float],
+        typer.Option(help="Draw the images the model fits worst (complexity) this many times as often, on top of "
+                     "the density: finds rare groups the features hide, and corrupt images too (drop those first "
+                     "with detect-outliers). 1 = off; default 3 where the model has a likelihood."),
+    ] = None,
+    fit_share: Annotated[float, typer.Option(help="Share of the images --fit-boost counts as worst fitted.")] = 0.1,
     per_class: Annotated[bool, typer.Option(help="Rebalance within each label.")] = False,
     size: Annotated[Optional[int], typer.Option(help="Rows in the weighted resample (default: N).")] = None,
     synthesize: Annotated[int, typer.Option(help="Add this many latent-SMOTE images of the rare regions.")] = 0,
@@ -953,6 +960,8 @@ def rebalance(
         alpha=alpha,
         aggregate=_value(aggregate),
         components=components,
+        fit_boost=fit_boost,
+        fit_share=fit_share,
         per_class=per_class,
         size=size,
         synthesize=synthesize,
@@ -962,13 +971,14 @@ def rebalance(
     result.write(output, command=_command_line(), resampled_path=resampled)
     _print_warnings(result.warnings)
     _print_groups(result.groups)
+    _print_worst_fit(result.worst_fit_report)
     out.print(str(result.summary), highlight=False)
     extra = f" + {synthesize} synthetic rows" if synthesize else ""
     also = f"; resample -> {resampled}" if resampled is not None else ""
     out.print(f"wrote {len(images)} weighted rows{extra} -> {output}{also}", highlight=False)
     emit(output=str(output), resampled=None if resampled is None else str(resampled), n_images=len(images),
          n_synthetic=synthesize, summary=result.summary.to_dict(), upweighted_groups=result.groups,
-         settings=result.settings, warnings=result.warnings)  # fmt: skip
+         worst_fit=result.worst_fit_report, settings=result.settings, warnings=result.warnings)  # fmt: skip
 
 
 def _print_warnings(warnings: list[str]) -> None:
@@ -995,6 +1005,19 @@ def _print_groups(groups: list[dict], shown: int = 5) -> None:
         )
     if len(groups) > shown:
         out.print(f"  ... and {len(groups) - shown} more (all in the output's metadata)", highlight=False)
+
+
+def _print_worst_fit(report: dict | None) -> None:
+    """The worst-fitted images the weights boost, with a few example ids."""
+    if report is None:
+        return
+    out.print(
+        Text.assemble(
+            f"worst-fitted {report['size']} images ({report['share']:.0%}) drawn {report['boost']:g}x as often; "
+            "worst: ",
+            inert(", ".join(report["examples"][:3])),
+        )
+    )
 
 
 @app.command()

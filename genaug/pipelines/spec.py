@@ -164,7 +164,8 @@ STEP_KEYS: dict[str, dict[str, Kind]] = {
                         "folds": Kind("int", minimum=2), "iwae_k": INT, "mutation_rate": NUMBER,
                         "conformal": Kind("choice", choices=CONFORMAL), "engine": Kind("choice", choices=ENGINES)},
     "rebalance": {**_COMMON, **_INPUT, **_MODEL, "resampled": STR, "density": STR, "components": Kind("int", minimum=1),
-                  "bins": Kind("int", minimum=2), "alpha": NUMBER, "aggregate": STR, "per_class": BOOL,
+                  "bins": Kind("int", minimum=2), "alpha": NUMBER, "aggregate": STR, "fit_boost": NUMBER,
+                  "fit_share": NUMBER, "per_class": BOOL,
                   "size": Kind("int", minimum=1), "synthesize": Kind("int", minimum=0), "seed": SEED},
     "synthesize": {**_COMMON, **_MODEL, "n": Kind("int", minimum=1), "label": Kind("label"),
                    "temperature": Kind("number", positive=True), "filter_fdr": NUMBER, "seed": SEED},
@@ -683,12 +684,17 @@ def _step_checks(spec: PipelineSpec, i: int, cls) -> list[tuple[tuple, Callable]
             where = at("engine") if "engine" in s else ("engine",)
             checks.append((where, ray_engine))
     elif step.kind == "rebalance":
-        from genaug.rebalance import AGGREGATES, METHODS, _check_alpha, _check_choice
+        from genaug.rebalance import AGGREGATES, METHODS, _check_alpha, _check_choice, _check_fit_boost, _check_fit_share
 
         checks.append((at("density"), lambda: _check_choice("density", s.get("density", "clusters"), METHODS)))
         checks.append((at("aggregate"), lambda: _check_choice("aggregate", s.get("aggregate", "product"), AGGREGATES)))
         if "alpha" in s:
             checks.append((at("alpha"), lambda: _check_alpha(s["alpha"])))
+        if "fit_boost" in s:
+            checks.append((at("fit_boost"), lambda: _check_fit_boost(s["fit_boost"]) > 1
+                           and cls.require("nll", job="rebalance fit_boost")))
+        if "fit_share" in s:
+            checks.append((at("fit_share"), lambda: _check_fit_share(s["fit_share"])))
         checks.append((at("model"), lambda: cls.require("features", job="rebalance")))
         if s.get("synthesize"):
             checks.append((at("synthesize"), lambda: cls.require("decode", job="rebalance synthesize")))
