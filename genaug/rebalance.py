@@ -378,9 +378,7 @@ def sampling_weights(
         return _weights_from_log_density(_log_density(z, **options))
     if labels is None:
         raise GenaugError("per_class needs labels")
-    labels = np.asarray(labels)
-    if labels.shape != (len(z),):
-        raise GenaugError(f"{labels.shape[0] if labels.ndim else 0} labels for {len(z)} latent rows")
+    labels = _check_labels(labels, len(z), "latent rows")
     weights = np.empty(len(z))
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
@@ -619,12 +617,16 @@ def worst_fit_weights(
         raise GenaugError(f"{len(fit)} fit scores for {len(w)} weights")
     boost = _check_fit_boost(boost)
     labels = None if labels is None else _check_labels(labels, len(w))
-    out = w * np.where(worst_fitted(fit, share, labels), boost, 1.0)
-    if labels is None:
-        return out * (len(out) / out.sum())
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        out[members] *= w[members].sum() / out[members].sum()
+    return _boosted(w, worst_fitted(fit, share, labels), boost, labels)
+
+
+def _boosted(w: np.ndarray, worst: np.ndarray, boost: float, labels: np.ndarray | None) -> np.ndarray:
+    """`w` with the `worst` images times `boost`, mean 1; each label keeps its mass."""
+    out = w * np.where(worst, boost, 1.0)
+    if labels is not None:
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            out[members] *= w[members].sum() / out[members].sum()
     return out * (len(out) / out.sum())
 
 
@@ -678,9 +680,7 @@ def latent_smote(
     if not 0 <= rare_quantile < 1:
         raise GenaugError(f"rare_quantile must be in [0, 1), got {rare_quantile}")
     if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (len(z),):
-            raise GenaugError(f"{labels.shape[0] if labels.ndim else 0} labels for {len(z)} latent rows")
+        labels = _check_labels(labels, len(z), "latent rows")
     if n == 0:
         return np.empty((0, z.shape[1])), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
 
@@ -762,10 +762,10 @@ def _check_fit_boost(boost) -> float:
     return float(boost)
 
 
-def _check_labels(labels, n: int) -> np.ndarray:
+def _check_labels(labels, n: int, rows: str = "images") -> np.ndarray:
     labels = np.asarray(labels)
     if labels.shape != (n,):
-        raise GenaugError(f"{labels.shape[0] if labels.ndim else 0} labels for {n} images")
+        raise GenaugError(f"{labels.shape[0] if labels.ndim else 0} labels for {n} {rows}")
     return labels
 
 
@@ -1010,8 +1010,8 @@ def rebalance(
     if fit is not None:
         before_fit = (summary(weights), groups)
         labels = data.labels if per_class else None
-        weights = worst_fit_weights(weights, fit, share=fit_share, boost=fit_boost, labels=labels)
         worst = worst_fitted(fit, fit_share, labels)
+        weights = _boosted(weights, worst, fit_boost, labels)
         worst_report = _worst_fit_report(fit, worst, fit_boost, data.ids)
         groups = upweighted_groups(weights, group_of, group_names, data.ids)
     weight_summary = summary(weights)

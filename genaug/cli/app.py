@@ -915,7 +915,7 @@ def rebalance(
         Optional[float],
         typer.Option(help="Draw the images the model fits worst (complexity) this many times as often, on top of "
                      "the density: finds rare groups the features hide, and corrupt images too (drop those first "
-                     "with detect-outliers). 1 = off; default 3 where the model has a likelihood."),
+                     "with detect-outliers). 1 = off; default 3 with clusters or mixture for a model with a likelihood, else 1."),
     ] = None,
     fit_share: Annotated[float, typer.Option(help="Share of the images --fit-boost counts as worst fitted.")] = 0.1,
     per_class: Annotated[bool, typer.Option(help="Rebalance within each label.")] = False,
