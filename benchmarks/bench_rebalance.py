@@ -145,22 +145,25 @@ def emoji_experiment(emoji_dir: Path, style: str, task: str, seed: int, n_synth:
     t = build(emoji_dir, style, task, seed)
     rare, k = t.rare, len(t.train.class_names)
     start = time.perf_counter()
-    result = genaug.rebalance(t.train, synthesize=n_synth, seed=seed, train_config=replace(train, seed=seed))
+    # With boosts, the job runs with the first (it returns the fit scores the others reuse); the
+    # default (boost off) is the density alone, recomputed from the same latents.
+    boosts = [b for b in boosts if b > 1]  # 1 = the density alone, always in the table
+    boost = boosts[0] if boosts else 1.0
+    result = genaug.rebalance(t.train, synthesize=n_synth, seed=seed, train_config=replace(train, seed=seed),
+                              fit_boost=boost)
     seconds = time.perf_counter() - start
     oracle = np.where(rare, 0.5 / rare.mean(), 0.5 / (1 - rare.mean()))
     weights = {"uniform": None, "oracle (group labels)": oracle}
-    fit, boost = result.fit_scores, result.settings["fit_boost"]
+    fit = result.fit_scores
     for method in methods:
         w = sampling_weights(result.latents, method=method, seed=seed)
-        weights[method] = w
-        # The model's fit on top of the density (the default's, DEFAULT_FIT_BOOST, is result.weights).
-        for b in boosts if fit is not None else []:
-            name = f"{method} x worst-fit {b:g}" + (" (default)" if method == DEFAULT_METHOD and b == boost else "")
-            weights[name] = worst_fit_weights(w, fit, boost=b)
-    if fit is not None and boosts:
+        weights[method + (" (default)" if method == DEFAULT_METHOD else "")] = w
+        for b in boosts:
+            weights[f"{method} x worst-fit {b:g}"] = worst_fit_weights(w, fit, boost=b)
+    if boosts:
         weights[f"worst-fit {max(boosts):g} alone"] = worst_fit_weights(np.ones(len(fit)), fit, boost=max(boosts))
-    if not any("(default)" in name for name in weights):
-        weights["default"] = result.weights
+    if DEFAULT_METHOD not in methods:
+        weights["default"] = sampling_weights(result.latents, method=DEFAULT_METHOD, seed=seed)
     rows = []
 
     def evaluate(name, net, w):
@@ -179,7 +182,8 @@ def emoji_experiment(emoji_dir: Path, style: str, task: str, seed: int, n_synth:
         w = np.concatenate([result.weights, np.full(len(synth), np.median(result.weights[result.weights > 1]))])
         net = train_classifier(torch.cat([t.train.images, synth.images]), np.concatenate([t.train.labels, synth.labels]),
                                weights=w, seed=seed, steps=steps, num_classes=k)
-        evaluate(f"default + {len(synth)} synthesized", net, None)
+        evaluate(("default" if boost == 1 else f"{DEFAULT_METHOD} x worst-fit {boost:g}")
+                 + f" + {len(synth)} synthesized", net, None)
     rows[0]["rebalance s"] = seconds
     print(f"[{time.strftime('%H:%M:%S')}] {style} {task} seed {seed}: "
           + "; ".join(f"{r['training data']} rare {r['rare acc']:.3f} common {r['common acc']:.3f}"

@@ -382,14 +382,6 @@ def test_boost_one_changes_nothing_and_per_class_keeps_class_totals():
         assert per_class[labels == c].sum() == pytest.approx(w[labels == c].sum())
 
 
-def test_the_boost_is_on_by_default_only_for_group_densities_of_families_with_a_likelihood():
-    from genaug.models.registry import get_family
-
-    vae, ae = get_family("vae"), get_family("ae")
-    assert rb.default_fit_boost("clusters", vae) == rb.default_fit_boost("mixture", vae) == rb.DEFAULT_FIT_BOOST > 1
-    assert rb.default_fit_boost("knn", vae) == rb.default_fit_boost("clusters", ae) == 1.0
-
-
 def test_a_near_uniform_density_under_a_fit_boost_warns_that_only_the_fit_lifts():
     w = np.ones(100)
     boosted = rb.worst_fit_weights(w, np.arange(100.0))

@@ -912,11 +912,11 @@ def rebalance(
         Aggregate, typer.Option(help="Histogram: combine dimensions by product (paper) or max (reference code).")
     ] = "product",
     fit_boost: Annotated[
-        Optional[float],
-        typer.Option(help="Draw the images the model fits worst (complexity) this many times as often, on top of "
-                     "the density: finds rare groups the features hide, and corrupt images too (drop those first "
-                     "with detect-outliers). 1 = off; default 3 with clusters or mixture for a model with a likelihood, else 1."),
-    ] = None,
+        float,
+        typer.Option(help="Also draw the images the model fits worst (complexity) this many times as often, e.g. 3: "
+                     "finds rare groups the features hide, but also corrupt images (drop those first with "
+                     "detect-outliers) and lowers a rare group the model fits well. Needs a likelihood; 1 = off."),
+    ] = 1.0,
     fit_share: Annotated[float, typer.Option(help="Share of the images --fit-boost counts as worst fitted.")] = 0.1,
     per_class: Annotated[bool, typer.Option(help="Rebalance within each label.")] = False,
     size: Annotated[Optional[int], typer.Option(help="Rows in the weighted resample (default: N).")] = None,
