@@ -84,7 +84,7 @@ from photo_crops import random_crops
 
 STYLES = ("google", "twitter")
 DEFAULT_NOVEL = ("Animals & Nature", "Flags")
-SCORES = ("nll", "complexity", "llr", "typicality", "ensemble", "auto")
+SCORES = ("nll", "complexity", "llr", "typicality", "knn", "ensemble", "auto")
 PYOD = ("IForest", "PCA", "AutoEncoder", "VAE", "DeepSVDD")
 INJECT_SHARE = 0.02
 STYLE_OUT_SHARE = 0.05  # outliers' share of the style task's test set

@@ -1,6 +1,7 @@
 """A candidate score for issue #9: k-NN distance to the training images in the model's feature space.
 
     python benchmarks/feature_knn.py --emoji-dir ../shared/data [--seeds 0 1] [--epochs 30]
+    python benchmarks/feature_knn.py --emoji-dir ../shared/data --self-audit   # choose self-audit's k
 
 On bench_ood's reference-mode tasks (a category held out as novelty, the
 other drawing style, photo crops vs emoji; both directions each), one VAE
@@ -10,8 +11,17 @@ is then scored by `llr` (the default `auto`) and by the mean distance to its
 k nearest training images in the VAE's features (posterior means,
 standardised on the training images), for k = 1, 5, 20; and by the mean of
 the ranks of `llr` and the 5-NN distance. Prints the AUROC of each, per
-direction and the mean. Not yet a genaug score: this decides whether it
-should become one (and `auto`).
+direction and the mean. (This chose the `knn` score's k in reference mode.)
+
+With `--self-audit`, bench_ood's self-audit tasks (2% other-style drawings
+injected, 2% photo crops among emoji and emoji among photo crops, and the
+clean sets): two fold models per task as `detect_outliers` cross-fits them
+(trimmed, each with its background model); each held-out image is scored by
+`llr` and by its k-NN distance to the fold model's *training* folds in its
+features, for several k, and flagged as self-audit flags (`tail_p_values`,
+BH at 0.05). Prints AUROC, precision and recall, and the share flagged on
+the clean sets: the training folds hold the injected outliers, so k must
+reach past an outlier's own kind.
 """
 
 from __future__ import annotations
@@ -22,17 +32,25 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
-from bench_ood import DEFAULT_NOVEL, build_tasks, category_index, load_emoji
+from bench_ood import DEFAULT_NOVEL, build_tasks, category_index, load_emoji, metrics
 from genaug import detect_outliers, fit
+from genaug.detect import DEFAULT_FOLDS, SELF_AUDIT_TRIM
+from genaug.fit import new_model, train_background, train_on
+from genaug.scoring import score_images
+from genaug.scoring.calibration import benjamini_hochberg, tail_p_values
+from genaug.scoring.knn import FeatureBank, bank_rows
+from genaug.scoring.llr import DEFAULT_MUTATION_RATE
 from genaug.scoring.rarity import model_features
 from genaug.train import TrainConfig
 from tables import print_table
 
 NEIGHBOURS = (1, 5, 20)
+AUDIT_NEIGHBOURS = (1, 5, 20, 50, 100)
 
 
 def knn_distance(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
@@ -42,16 +60,64 @@ def knn_distance(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
     return index.kneighbors((test - mean) / sd)[0].mean(axis=1)
 
 
+def cross_fit_knn(data, config: TrainConfig) -> dict[str, np.ndarray]:
+    """Out-of-fold `llr` and k-NN distances (k in AUDIT_NEIGHBOURS) to each fold model's training folds,
+    cross-fitted as `genaug.detect.cross_fit_scores` does (same folds, trim and background models)."""
+    n = len(data)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).numpy()
+    fold_of = np.empty(n, dtype=np.int64)
+    fold_of[perm] = np.arange(n) % DEFAULT_FOLDS
+    out = {name: np.empty(n) for name in ["llr", *(f"{k}-NN" for k in AUDIT_NEIGHBOURS)]}
+    for f in range(DEFAULT_FOLDS):
+        held_out, held_in = np.flatnonzero(fold_of == f), np.flatnonzero(fold_of != f)
+        model = new_model(data, "vae", seed=config.seed)
+        train_on(model, data.subset(held_in), config, None)
+        train_background(model, data.subset(held_in), config, mutation_rate=DEFAULT_MUTATION_RATE)
+        raw = score_images(model, data.subset(held_out).images, seed=config.seed)
+        out["llr"][held_out] = raw.bits_per_dim - raw.background_bits_per_dim
+        train = model_features(model, data.subset(held_in[bank_rows(held_in.size, config.seed)]).images)
+        test = model_features(model, data.subset(held_out).images)
+        for k in AUDIT_NEIGHBOURS:
+            out[f"{k}-NN"][held_out] = FeatureBank.build(train, k).distance(test)
+    return out
+
+
+def self_audit(emoji, seeds: list[int], config: TrainConfig) -> None:
+    rows = []
+    for seed in seeds:
+        for task in build_tasks(emoji, [], seed, ["injected", "photo", "clean"]):
+            start = time.perf_counter()
+            scores = cross_fit_knn(task.test, replace(config, seed=seed, trim_fraction=SELF_AUDIT_TRIM))
+            row = {"seed": seed, "task": task.task, "direction": task.direction}
+            for name, s in scores.items():
+                m = metrics(task.is_out, s, benjamini_hochberg(tail_p_values(s), 0.05))
+                if task.task == "clean":
+                    row[name] = f"{m['flagged share']:.2%} flagged"
+                else:
+                    row[name] = f"{m['AUROC']:.3f} P {m['precision']:.2f} R {m['recall']:.2f}"
+            rows.append(row)
+            print(f"[{time.strftime('%H:%M:%S')}] seed {seed} {task.direction}: "
+                  + "; ".join(f"{n} {v}" for n, v in list(row.items())[3:])
+                  + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+    print("\nSelf-audit, 2 folds: AUROC, precision and recall of BH at 0.05 on the tail p-values "
+          "(clean sets: share flagged):\n")
+    print_table(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--emoji-dir", type=Path, required=True, help="folder with emoji-<style>-32.npz")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=30, help="VAE epochs (fixed: figures independent of load)")
     parser.add_argument("--time-limit", type=float, default=4.0, help="minutes per model, a cap above the epochs")
+    parser.add_argument("--self-audit", action="store_true", help="the self-audit tasks instead (choose its k)")
     args = parser.parse_args()
     emoji = load_emoji(args.emoji_dir, quick=False)
-    novel = [category_index(name, emoji["google"].categories) for name in DEFAULT_NOVEL]
     config = TrainConfig(progress=False, epochs=args.epochs, time_limit=args.time_limit)
+    if args.self_audit:
+        self_audit(emoji, args.seeds, config)
+        return
+    novel = [category_index(name, emoji["google"].categories) for name in DEFAULT_NOVEL]
     rows = []
     for seed in args.seeds:
         for task in build_tasks(emoji, novel, seed, ["novel", "style", "foreign"]):

@@ -35,7 +35,7 @@ from genaug.data.imageset import ImageSet
 from genaug.data.parquet import image_table, to_pandas, write_table
 from genaug.data.readers import as_imageset
 from genaug.errors import GenaugError, warn_all
-from genaug.fit import check_llr, new_model, scoring_options, train_background, train_on
+from genaug.fit import attach_training_features, check_llr, new_model, scoring_options, train_background, train_on
 from genaug.models.base import GenerativeModel
 from genaug.models.registry import get_family
 from genaug.models.store import background_of, load_model, model_hash
@@ -60,7 +60,7 @@ from genaug.scoring.calibration import (
     top_fraction,
 )
 from genaug.scoring.nll import SCORE_BATCH
-from genaug.scoring.rarity import EDGE_SHARE, categories, grouped_rarity, model_features
+from genaug.scoring.rarity import EDGE_SHARE, categories, grouped_rarity
 from genaug.scoring.record import CalibrationRecord
 from genaug.scoring.typicality import DEFAULT_BOOTSTRAP, batch_test
 from genaug.train import TrainConfig
@@ -451,10 +451,13 @@ def cross_fit_scores(
         if background is not None:
             train_background(model, data.subset(fold_of != f), config, mutation_rate=background, console=console)
         part = data.subset(held_out)
+        if "features" in model.capabilities():
+            # The held-in folds are this fold model's training images: the knn score's reference.
+            attach_training_features(model, data.subset(fold_of != f), seed=config.seed)
         raw = score_images(
-            model, part.images, nll_options=nll_options, batch_size=batch_size, seed=config.seed, console=console
-        )
-        raw.features = model_features(model, part.images, batch_size=batch_size)  # this fold model's own space
+            model, part.images, nll_options=nll_options, batch_size=batch_size, seed=config.seed, console=console,
+            with_features=True,  # in this fold model's own space
+        )  # fmt: skip
         parts.append((held_out, raw))
     return _gather(parts, n)
 
@@ -489,6 +492,7 @@ def _gather(parts: list[tuple[np.ndarray, RawScores]], n: int) -> RawScores:
         column(lambda r: r.background_bits_per_dim),
         features=features,
         feature_group=group,
+        knn_distance=column(lambda r: r.knn_distance),
     )
 
 

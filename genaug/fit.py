@@ -12,6 +12,10 @@ attached to the model, stored in its checkpoint, and its bits/dim of the
 calibration split join the record: the `llr` score is then calibrated like
 any other. It doubles the training time; it is on by default (`llr=None`)
 for families with a likelihood, because `llr` is the default score (`auto`).
+
+A family with `features` also gets a feature bank: the features of its
+training images, for the `knn` score (`genaug.scoring.knn`), stored in the
+checkpoint; the calibration split's distances to it join the record.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from genaug.models.store import attach_background
 from genaug.progress import AUTO, resolve_console
 from genaug.scoring import available_scores, score_images
 from genaug.scoring.calibration import check_fraction
+from genaug.scoring.knn import NEIGHBOURS, attach_bank, bank_rows
 from genaug.scoring.llr import DEFAULT_MUTATION_RATE, PerturbedTraining, check_mutation_rate
 from genaug.scoring.nll import SCORE_BATCH
+from genaug.scoring.rarity import model_features
 from genaug.scoring.record import CalibrationRecord
 from genaug.train import TrainConfig, train
 
@@ -125,6 +131,15 @@ def train_background(
     return background
 
 
+def attach_training_features(model: GenerativeModel, training, *, neighbours: int = NEIGHBOURS, seed: int = 0) -> None:
+    """Attach the feature bank of the `knn` score: the features of (a seeded sample of at most
+    `genaug.scoring.knn.MAX_REFERENCE` of) the images `model` was trained on."""
+    part = training.subset(bank_rows(len(training), seed))
+    if isinstance(part, DiskImageSet):
+        part = part.load()
+    attach_bank(model, model_features(model, part.images), neighbours)
+
+
 @torch.inference_mode()
 def reconstruct(
     model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int = SCORE_BATCH
@@ -191,6 +206,8 @@ def fit(
     train_on(model, training, config, console)
     if mutation_rate is not None:
         train_background(model, training, config, mutation_rate=mutation_rate, console=console)
+    if "features" in model.capabilities():
+        attach_training_features(model, training, seed=config.seed)
     cal = data.subset(cal_idx)
     if isinstance(cal, DiskImageSet):
         cal = cal.load()

@@ -75,10 +75,11 @@ def _in_memory(source, model_path, output, **options):
 
 
 # -- detection --------------------------------------------------------------------------
-def test_streamed_detection_writes_what_the_in_memory_job_writes(parquet_file, model_path, tmp_path):
-    memory = _in_memory(parquet_file, model_path, tmp_path / "memory.parquet", fdr=0.3)
+@pytest.mark.parametrize("score", ["auto", "knn"])  # knn: the distances to the model's feature bank, per shard
+def test_streamed_detection_writes_what_the_in_memory_job_writes(parquet_file, model_path, tmp_path, score):
+    memory = _in_memory(parquet_file, model_path, tmp_path / "memory.parquet", fdr=0.3, score=score)
     streamed = detect_outliers_parquet(parquet_file, tmp_path / "streamed.parquet", model=model_path, console=None,
-                                       fdr=0.3, command="test")  # fmt: skip
+                                       fdr=0.3, score=score, command="test")  # fmt: skip
     _same_output(tmp_path / "memory.parquet", tmp_path / "streamed.parquet")
     assert 0 < streamed.n_flagged == memory.n_flagged < N
     np.testing.assert_array_equal(streamed.score, memory.score)

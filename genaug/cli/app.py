@@ -457,7 +457,8 @@ def detect_outliers(
         typer.Option(
             help="auto (= llr; complexity for a checkpoint fitted with --no-llr), nll, complexity, llr (likelihood "
             "ratio against a background model: stored in the checkpoint, or trained per fold in self-audit), typicality (distance of the "
-            "bits/dim from the data's typical value, two-sided), a family's raw score (recon), or ensemble (mean "
+            "bits/dim from the data's typical value, two-sided), knn (distance to the nearest training image in the "
+            "model's features; best on novel kinds of image in reference mode), a family's raw score (recon), or ensemble (mean "
             "robust z of complexity, typicality and llr where fitted; a family's raw scores otherwise)."
         ),
     ] = "auto",

@@ -15,6 +15,13 @@ In memory it is a plain attribute (`attach_background`, `background_of`),
 deliberately not an `nn.Module` child: the training loop, `parameters()`,
 `state_dict()` and `.to()` of the model do not reach it, so training the
 model never trains it and the model's weights stay the model's alone.
+
+A model may also carry a **feature bank** (the `knn` score's, see
+`genaug.scoring.knn`): the features of its training images, projected, and
+the projection, as float32 tensors prefixed `knn.` and described by the
+metadata entry `knn` (sizes and neighbour count). Attached the same way
+(`attach_feature_bank`, `feature_bank_of`); the layout is checked on save
+and on load like the model's tensors.
 """
 
 from __future__ import annotations
@@ -48,9 +55,13 @@ _HEADER_DTYPES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
-_NOT_MODEL_FIELDS = {"family", "image_shape", "num_classes", "init_args", "format_version", "background"}
+_NOT_MODEL_FIELDS = {"family", "image_shape", "num_classes", "init_args", "format_version", "background", "knn"}
 BACKGROUND_PREFIX = "background."
 _BACKGROUND_ATTR = "_genaug_background"
+BANK_PREFIX = "knn."
+_BANK_ATTR = "_genaug_feature_bank"
+# Most reference rows a feature bank may hold (genaug.scoring.knn keeps at most 20,000).
+MAX_BANK_ROWS = 1_000_000
 
 
 def attach_background(model: GenerativeModel, background: GenerativeModel | None, info: dict | None = None) -> None:
@@ -83,6 +94,51 @@ def background_of(model: GenerativeModel) -> GenerativeModel | None:
     return background
 
 
+def attach_feature_bank(model: GenerativeModel, tensors: dict[str, torch.Tensor] | None, info: dict | None = None) -> None:
+    """Give `model` the feature bank of its `knn` score (None removes it): `tensors` as
+    `bank_layout(info)` describes them, `info` the JSON description stored with them."""
+    if tensors is None:
+        object.__setattr__(model, _BANK_ATTR, None)
+        return
+    problem = _bank_problem(info)
+    if problem is None:
+        found = {k: (tuple(v.shape), _HEADER_DTYPES.get(v.dtype, str(v.dtype))) for k, v in tensors.items()}
+        if found != bank_layout(info):
+            problem = f"tensors {found} do not match the layout {bank_layout(info)}"
+    if problem is not None:
+        raise GenaugError(f"feature bank: {problem}")
+    object.__setattr__(model, _BANK_ATTR, ({k: v.detach().cpu() for k, v in tensors.items()}, dict(info)))
+
+
+def feature_bank_of(model: GenerativeModel) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The model's feature bank as (tensors on the CPU, description); None when it has none."""
+    return model.__dict__.get(_BANK_ATTR)
+
+
+def bank_layout(info: dict) -> dict[str, tuple[tuple, str]]:
+    """{tensor name: (shape, header dtype)} of a feature bank of `info`'s sizes: the standardisation
+    (`mean`, `scale`, [dims]), the projection (`centre` [dims], `components` [components, dims]) and
+    the projected training features (`reference` [size, components])."""
+    d, c, m = info["dims"], info["components"], info["size"]
+    shapes = {"mean": (d,), "scale": (d,), "centre": (d,), "components": (c, d), "reference": (m, c)}
+    return {k: (shape, "F32") for k, shape in shapes.items()}
+
+
+def _bank_problem(info) -> str | None:
+    """What is wrong with a feature bank description (one line), or None; checked on save and on load."""
+    if not isinstance(info, dict):
+        return "field 'knn' must be a JSON object"
+    for key, top in (("neighbours", 10_000), ("dims", 1_000_000), ("components", 1_000_000), ("size", MAX_BANK_ROWS)):
+        value = info.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+            return f"field 'knn.{key}' must be a whole number from 1 to {top:,}, got {value!r:.60}"
+    if info["components"] > info["dims"]:
+        return "field 'knn.components' must not exceed 'knn.dims'"
+    if info["neighbours"] > info["size"]:
+        return "field 'knn.neighbours' must not exceed 'knn.size'"
+    return None
+
+
 def save_model(model: GenerativeModel, path: str | Path) -> None:
     """Write weights, constructor arguments and `model.metadata` to one .safetensors file
     (refused, as one GenaugError line, when a weight is NaN or infinite), with
@@ -93,6 +149,10 @@ def save_model(model: GenerativeModel, path: str | Path) -> None:
     if background is not None:
         tensors.update({BACKGROUND_PREFIX + k: v for k, v in background.state_dict().items()})
         meta["background"] = dict(background.metadata)
+    bank = feature_bank_of(model)
+    if bank is not None:
+        tensors.update({BANK_PREFIX + k: v for k, v in bank[0].items()})
+        meta["knn"] = dict(bank[1])
     save_checkpoint(
         path,
         tensors,
@@ -125,17 +185,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Generati
     if info is not None:
         # The background is built like the model, so its tensors are the model's, prefixed.
         expected.update({BACKGROUND_PREFIX + k: v for k, v in expected.items()})
+    bank_info = meta.get("knn")
+    if bank_info is not None:
+        problem = _bank_problem(bank_info)
+        if problem is not None:
+            raise GenaugError(f"checkpoint {path}: {problem}")
+        expected.update({BANK_PREFIX + k: v for k, v in bank_layout(bank_info).items()})
     _check_header(path, family, expected, tensor_specs(path))
     tensors = load_tensors(path)
     background_tensors = {
         k[len(BACKGROUND_PREFIX) :]: tensors.pop(k) for k in list(tensors) if k.startswith(BACKGROUND_PREFIX)
     }
+    bank_tensors = {k[len(BANK_PREFIX) :]: tensors.pop(k) for k in list(tensors) if k.startswith(BANK_PREFIX)}
     model = _build_loaded(path, family, shape, num_classes, init_args, tensors)
     model.metadata = {k: v for k, v in meta.items() if k not in _NOT_MODEL_FIELDS}
     model.to(device).eval()
     if info is not None:
         background = _build_loaded(path, family, shape, num_classes, init_args, background_tensors)
         attach_background(model, background.to(device).eval(), info)
+    if bank_info is not None:  # finite: load_tensors refuses NaN and infinity in any tensor
+        attach_feature_bank(model, bank_tensors, bank_info)
     return model
 
 
@@ -222,6 +291,9 @@ def model_hash(model: GenerativeModel) -> str:
     background = background_of(model)
     if background is not None:  # the llr score depends on it; a model without one hashes as before
         tensors.update({BACKGROUND_PREFIX + k: v for k, v in background.state_dict().items()})
+    bank = feature_bank_of(model)
+    if bank is not None:  # the knn score depends on it
+        tensors.update({BANK_PREFIX + k: v for k, v in bank[0].items()})
     for name, tensor in sorted(tensors.items()):
         h.update(name.encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

@@ -29,12 +29,16 @@ from genaug.models.store import background_of
 from genaug.progress import progress_bar
 from genaug.scoring.complexity import png_bits_per_dim
 from genaug.scoring.ensemble import combine
+from genaug.scoring.knn import bank_of
 from genaug.scoring.nll import SCORE_BATCH, model_bits_per_dim, model_raw_scores
 from genaug.scoring.rarity import model_features
 from genaug.scoring.typicality import entropy_estimate
 
 # Scores every family with a likelihood offers; `llr` also needs a background model (see available_scores).
 LIKELIHOOD_SCORES = ("nll", "complexity", "llr", "typicality")
+# Distance to the nearest training images in the model's features (`genaug.scoring.knn`): every
+# family with `features`; a fitted model needs its feature bank.
+KNN = "knn"
 # `auto` for a family with a likelihood: the likelihood ratio against a background model, the best
 # score on mean AUROC over the emoji tasks in both directions, and the only one never near chance there
 # (benchmarks/README.md, bench_ood). Where a fitted model has no background model, complexity (the
@@ -58,21 +62,27 @@ class RawScores:
     # `feature_group` differs (self-audit folds: one model each) lie in different feature spaces.
     features: np.ndarray | None = field(default=None, repr=False)
     feature_group: np.ndarray | None = field(default=None, repr=False)
+    # [N] distance to the nearest training images in the model's features, for models with a feature bank.
+    knn_distance: np.ndarray | None = None
 
 
 def available_scores(model: GenerativeModel | type[GenerativeModel]) -> list[str]:
     """The score names a family offers: with a likelihood `nll`, `complexity`, `llr` and
-    `typicality`, then its raw scores, then `ensemble` (see `ensemble_components`).
+    `typicality`, then its raw scores, then `knn` where it has `features`, then `ensemble`
+    (see `ensemble_components`).
 
     For a fitted model (an instance) `llr` is offered only when it carries a
-    background model (`genaug.fit(..., llr=True)`); for a family (a class,
-    before training, as in self-audit) whenever it has a likelihood.
+    background model (`genaug.fit(..., llr=True)`), `knn` only when it carries a
+    feature bank (`genaug.fit`); for a family (a class, before training, as in
+    self-audit) whenever it has a likelihood, or features.
     """
     caps = model.capabilities()
+    fitted = isinstance(model, GenerativeModel)
     likelihood = LIKELIHOOD_SCORES if "nll" in caps else ()
-    if isinstance(model, GenerativeModel) and background_of(model) is None:
+    if fitted and background_of(model) is None:
         likelihood = tuple(k for k in likelihood if k != "llr")
-    offered = [*likelihood, *model.raw_score_names]
+    knn = (KNN,) if "features" in caps and not (fitted and bank_of(model) is None) else ()
+    offered = [*likelihood, *model.raw_score_names, *knn]
     return [*offered, ENSEMBLE] if offered else []
 
 
@@ -112,6 +122,8 @@ def resolve_score(kind: str, model: GenerativeModel | type[GenerativeModel]) -> 
             raise GenaugError(
                 "score 'llr' needs a background model: fit with `genaug fit --llr` / genaug.fit(..., llr=True)"
             )
+        if kind == KNN and "features" in model.capabilities():
+            raise GenaugError("score 'knn' needs the training images' features: refit the model with this genaug")
         raise GenaugError(f"unknown score '{kind}' for model family '{model.name}'; choose auto or {', '.join(offered)}")
     return kind
 
@@ -131,7 +143,8 @@ def score_images(
 ) -> RawScores:
     """Model bits/dim (where the family has a likelihood; the background model's too where the
     model carries one, unless `with_background` is False), its raw scores, PNG bits/dim and PNG bytes,
-    and with `with_features` the feature vectors rarity measures in (`model_features`).
+    with `with_features` the feature vectors rarity measures in (`model_features`), and where the
+    model carries a feature bank the distance to the nearest training images (`genaug.scoring.knn`).
 
     PNG encoding runs in worker threads while the model scores (zlib and
     torch both release the GIL), so the output images cost no extra pass.
@@ -158,9 +171,16 @@ def score_images(
                 background, images, labels, nll_options=nll_options, progress=advance, **blocks
             )
         extra = model_raw_scores(model, images, labels, progress=None if bpd is not None else advance, **blocks)
-        features = model_features(model, images, batch_size=batch_size) if with_features else None
+        bank = bank_of(model)
+        features = knn = None
+        if with_features or bank is not None:
+            features = model_features(model, images, batch_size=batch_size)
+            knn = None if bank is None else bank.distance(features)
         png = png_future.result()
-    return RawScores(bpd, png_bits_per_dim(png, model.num_dims), png, extra, background_bpd, features=features)
+    return RawScores(
+        bpd, png_bits_per_dim(png, model.num_dims), png, extra, background_bpd,
+        features=features if with_features else None, knn_distance=knn,
+    )  # fmt: skip
 
 
 def score_values(
@@ -184,6 +204,10 @@ def score_values(
             {n: score_values(raw, n, reference, robust=robust) for n in names},
             {n: score_values(reference, n, reference, robust=robust) for n in names},
         )
+    if kind == KNN:
+        if raw.knn_distance is None:
+            raise GenaugError("score 'knn' needs k-NN distances, which these scores have not; refit the model")
+        return raw.knn_distance.copy()
     if kind in LIKELIHOOD_SCORES:
         if raw.bits_per_dim is None:
             raise GenaugError(f"score '{kind}' needs a likelihood, which this model has not")

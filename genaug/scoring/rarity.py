@@ -16,20 +16,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genaug.scoring.knn import QUERY_CHUNK, FeatureSpace
 from genaug.scoring.nll import SCORE_BATCH
 
 # Inliers whose rarity is in this top share are called edge cases.
 EDGE_SHARE = 0.05
 NEIGHBOURS = 10
-# Features are reduced to at most this many principal components before the
-# k-NN search: distances in hundreds of raw dimensions are dominated by noise.
-MAX_COMPONENTS = 32
 # The k-NN search runs against at most this many inliers, drawn at random
 # (seeded): an exact search against all of them is quadratic in the rows
 # (200 s and 150 MB more at 200,000 images), while the percentile of a k-NN
 # distance to a fixed-size sample ranks images as the full search does.
 MAX_REFERENCE = 20_000
-QUERY_CHUNK = 8192
 # The category column's values.
 OUTLIER, EDGE_CASE, TYPICAL = "outlier", "edge-case", "typical"
 
@@ -75,7 +72,6 @@ def feature_rarity(
     among at most `max_reference` inliers, a seeded random sample when there
     are more. With fewer than two inliers every rarity is 0.
     """
-    from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
 
     z = np.asarray(features).reshape(len(features), -1)
@@ -83,36 +79,17 @@ def feature_rarity(
     ref = np.flatnonzero(inliers)
     if ref.size < 2:
         return np.zeros(len(z))
-    # One pass of chunks for the inlier mean and sd, one for the search; no standardised copy of
-    # every row: on a streamed dataset the feature arrays are most of the job's memory.
-    chunks = [slice(start, start + QUERY_CHUNK) for start in range(0, len(z), QUERY_CHUNK)]
-    weight = inliers / ref.size
-    mean, square = np.zeros(z.shape[1]), np.zeros(z.shape[1])
-    for rows in chunks:
-        part = z[rows].astype(np.float64)
-        mean += weight[rows] @ part
-        square += weight[rows] @ (part * part)
-    sd = np.sqrt(np.maximum(square - mean**2, 0.0))
-    scale = np.where(sd > 1e-6 * np.maximum(np.abs(mean), 1.0), sd, 1.0)  # constant: sd is rounding noise
     sample = ref
     if ref.size > max_reference:
         sample = np.sort(np.random.default_rng(0).choice(ref, max_reference, replace=False))
-    pca = None
-    components = min(MAX_COMPONENTS, z.shape[1], ref.size)
-    reference_rows = (z[sample].astype(np.float64) - mean) / scale
-    if components < z.shape[1]:
-        pca = PCA(components, random_state=0).fit(reference_rows)
-        reference_rows = pca.transform(reference_rows)
-
-    def standardised(rows) -> np.ndarray:
-        part = (z[rows].astype(np.float64) - mean) / scale
-        return part if pca is None else pca.transform(part)
-
+    space = FeatureSpace.fit(z, ref, sample)  # standardised on the inliers, projected on their components
+    reference_rows = space.project(z[sample])
+    chunks = [slice(start, start + QUERY_CHUNK) for start in range(0, len(z), QUERY_CHUNK)]
     k = min(neighbours, sample.size - 1)
     index = NearestNeighbors(n_neighbors=k + 1).fit(reference_rows)
     knn = np.empty(len(z))
     for rows in chunks:  # in chunks: neighbour lists of every row would be O(N k)
-        dist, idx = index.kneighbors(standardised(rows))
+        dist, idx = index.kneighbors(space.project(z[rows]))
         # An inlier in the sample finds itself at distance 0 first: drop that column; others drop their k+1-th.
         is_self = sample[idx[:, 0]] == np.arange(rows.start, rows.start + len(idx))
         knn[rows.start : rows.start + len(idx)] = np.where(is_self, dist[:, 1:].mean(axis=1), dist[:, :k].mean(axis=1))

@@ -4,7 +4,9 @@
 and every job that calibrates reads it back through `CalibrationRecord.of`:
 one format, read in one place. It holds the raw material of every score the
 family offers (bits/dim, PNG bits/dim, raw scores such as `recon`, and the
-background model's bits/dim where the model has one, for `llr`), the
+background model's bits/dim where the model has one, for `llr`, and the
+distances to the nearest training images where it has a feature bank, for
+`knn`), the
 scoring options they were computed with (e.g. `iwae_k`), and optionally the
 same for the model's reconstructions of that split (the reference for
 decoder samples, see `genaug.synthesize`). Records written before a field
@@ -76,6 +78,8 @@ def _to_json(raw: RawScores) -> dict:
         doc["bits_per_dim"] = raw.bits_per_dim.tolist()
     if raw.background_bits_per_dim is not None:
         doc["background_bits_per_dim"] = raw.background_bits_per_dim.tolist()
+    if raw.knn_distance is not None:
+        doc["knn_distance"] = raw.knn_distance.tolist()
     return doc
 
 
@@ -95,4 +99,5 @@ def _from_json(doc, where: str) -> RawScores:
     bpd = arrays.pop("bits_per_dim", None)
     png = arrays.pop("png_bits_per_dim")
     background = arrays.pop("background_bits_per_dim", None)
-    return RawScores(bpd, png, [], arrays, background)
+    knn = arrays.pop("knn_distance", None)
+    return RawScores(bpd, png, [], arrays, background, knn_distance=knn)

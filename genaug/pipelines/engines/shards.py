@@ -27,7 +27,9 @@ from genaug.scoring.nll import SCORE_BATCH
 # blocks are those of `genaug.detect.detect_outliers`.
 SHARD_ROWS = 1024
 RAW_PREFIX = "_raw."
-_BPD, _PNG, _BACKGROUND, _FEATURES = (RAW_PREFIX + k for k in ("bits_per_dim", "png", "background", "features"))
+_BPD, _PNG, _BACKGROUND, _FEATURES, _KNN = (
+    RAW_PREFIX + k for k in ("bits_per_dim", "png", "background", "features", "knn_distance")
+)
 _EXTRA = RAW_PREFIX + "extra."
 
 
@@ -58,6 +60,8 @@ def score_batch(
         columns[_BPD] = raw.bits_per_dim
     if raw.background_bits_per_dim is not None:
         columns[_BACKGROUND] = raw.background_bits_per_dim
+    if raw.knn_distance is not None:
+        columns[_KNN] = raw.knn_distance
     columns.update({_EXTRA + name: values for name, values in raw.extra.items()})
     for name, values in columns.items():
         table = table.append_column(name, pa.array(np.asarray(values, dtype=np.float64)))
@@ -85,7 +89,7 @@ def raw_scores(tables: list[pa.Table]) -> RawScores:
     width = features.type.list_size
     return RawScores(
         column(_BPD), column(_PNG), [], extra, column(_BACKGROUND),
-        features=features.flatten().to_numpy().reshape(-1, width),
+        features=features.flatten().to_numpy().reshape(-1, width), knn_distance=column(_KNN),
     )  # fmt: skip
 
 
