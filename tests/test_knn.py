@@ -14,6 +14,7 @@ from genaug.errors import GenaugError
 from genaug.models.registry import build_model, get_family
 from genaug.models.store import feature_bank_of, model_hash
 from genaug.scoring import available_scores, resolve_score
+from genaug.scoring.ensemble import robust_z
 from genaug.scoring.knn import MAX_COMPONENTS, FeatureBank
 from genaug.scoring.record import CalibrationRecord
 from genaug.train import TrainConfig
@@ -162,3 +163,16 @@ def test_self_audit_measures_each_image_against_its_fold_models_training_folds(d
     # Weaker than in reference mode (the training folds hold the foreign images too), but it ranks them high.
     assert roc_auc_score(foreign, result.score) > 0.85
 
+
+
+def test_auto_in_reference_mode_is_the_ensemble_of_llr_and_knn(split):
+    model = genaug.fit(split[0].subset(np.arange(300)), llr=True, console=None,
+                       train_config=TrainConfig(epochs=1, progress=False, seed=0))  # fmt: skip
+    assert resolve_score("auto", model) == "ensemble" and resolve_score("auto", get_family("vae")) == "llr"
+    result = genaug.detect_outliers(split[2], model=model, console=None)
+    assert result.settings["score"] == "ensemble"
+    by_name = {k: genaug.detect_outliers(split[2], model=model, score=k, console=None).score for k in ("llr", "knn")}
+    record = CalibrationRecord.of(model).scores
+    calibration = {"llr": record.bits_per_dim - record.background_bits_per_dim, "knn": record.knn_distance}
+    expected = np.mean([robust_z(by_name[k], calibration[k]) for k in ("llr", "knn")], axis=0)
+    np.testing.assert_allclose(result.score, expected)

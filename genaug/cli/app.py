@@ -455,11 +455,13 @@ def detect_outliers(
     score: Annotated[
         str,
         typer.Option(
-            help="auto (= llr; complexity for a checkpoint fitted with --no-llr), nll, complexity, llr (likelihood "
+            help="auto (= ensemble of llr and knn for a checkpoint that has both, as genaug fit makes them for vae; llr in "
+            "self-audit; complexity for a checkpoint fitted with --no-llr), nll, complexity, llr (likelihood "
             "ratio against a background model: stored in the checkpoint, or trained per fold in self-audit), typicality (distance of the "
             "bits/dim from the data's typical value, two-sided), knn (distance to the nearest training image in the "
             "model's features; best on novel kinds of image in reference mode), a family's raw score (recon), or ensemble (mean "
-            "robust z of complexity, typicality and llr where fitted; a family's raw scores otherwise)."
+            "robust z of llr and knn where the model has both, else of complexity, typicality and llr where fitted; a "
+            "family's raw scores otherwise)."
         ),
     ] = "auto",
     fdr: Annotated[float, typer.Option(help="False discovery rate for Benjamini-Hochberg flags.")] = 0.05,
