@@ -48,8 +48,8 @@ DEFAULT_SCORE = "llr"
 FALLBACK_SCORE = "complexity"
 ENSEMBLE = "ensemble"
 # `auto` in reference mode for a model with a background model and a feature bank: the ensemble of
-# llr and knn, mean AUROC 0.830 over 8 reference-mode directions vs llr 0.732 and knn 0.815, worst
-# direction 0.70 vs 0.51 (benchmarks/README.md, "The knn score in bench_ood"). Not in self-audit:
+# llr and knn, mean AUROC 0.830 over 8 reference-mode directions vs llr 0.732 and knn 0.830, worst
+# direction 0.70 vs 0.51 and 0.65 (benchmarks/README.md, "The knn score in bench_ood"). Not in self-audit:
 # there the combination's tail p-values flagged 1 of 70 emoji among photo crops, llr 69.
 REFERENCE_DEFAULT = ENSEMBLE
 
