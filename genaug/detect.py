@@ -43,6 +43,7 @@ from genaug.progress import AUTO, resolve_console
 from genaug.scoring import (
     DEFAULT_SCORE,
     FALLBACK_SCORE,
+    KNN,
     RawScores,
     needs_background,
     reads_background,
@@ -244,9 +245,10 @@ def detect_outliers(
         background = check_llr(cls, mutation_rate, needed=needs_background(kind))
         if background is not None:
             settings["mutation_rate"] = background
+        # Feature banks only for the knn score: in self-audit the ensemble has no background models, so no llr+knn.
         raw = cross_fit_scores(
             data, family=family, model_options=model_options, folds=folds, nll_options=options,
-            background=background, train_config=train_config, batch_size=batch_size, console=console,
+            background=background, knn=kind == KNN, train_config=train_config, batch_size=batch_size, console=console,
         )
         trim = train_config.trim_fraction if train_config and train_config.trim_fraction is not None else SELF_AUDIT_TRIM
         settings.update(mode="self-audit", model=family, folds=folds, trim_fraction=trim)
@@ -422,11 +424,15 @@ def cross_fit_scores(
     folds: int = DEFAULT_FOLDS,
     nll_options: dict | None = None,
     background: float | None = None,
+    knn: bool = False,
     train_config: TrainConfig | None = None,
     batch_size: int = SCORE_BATCH,
     console: Console | None = None,
 ) -> RawScores:
     """Out-of-fold raw scores: each image scored by a model trained on the other folds.
+
+    With `knn` each fold model gets the feature bank of its training folds, and the
+    held-out images their `knn` distances to it (a pass over the training folds' features).
 
     With `background` (a mutation rate), each fold model also gets a background
     model trained on the same folds with perturbed pixels (for `llr`)."""
@@ -451,7 +457,7 @@ def cross_fit_scores(
         if background is not None:
             train_background(model, data.subset(fold_of != f), config, mutation_rate=background, console=console)
         part = data.subset(held_out)
-        if "features" in model.capabilities():
+        if knn:
             # The held-in folds are this fold model's training images: the knn score's reference.
             attach_training_features(model, data.subset(fold_of != f), seed=config.seed)
         raw = score_images(

@@ -25,7 +25,7 @@ from genaug import allocator
 from genaug.data.parquet import encode_png
 from genaug.errors import GenaugError
 from genaug.models.base import GenerativeModel
-from genaug.models.store import background_of
+from genaug.models.store import background_of, feature_bank_of
 from genaug.progress import progress_bar
 from genaug.scoring.complexity import png_bits_per_dim
 from genaug.scoring.ensemble import combine
@@ -87,7 +87,7 @@ def available_scores(model: GenerativeModel | type[GenerativeModel]) -> list[str
     likelihood = LIKELIHOOD_SCORES if "nll" in caps else ()
     if fitted and background_of(model) is None:
         likelihood = tuple(k for k in likelihood if k != "llr")
-    knn = (KNN,) if "features" in caps and not (fitted and bank_of(model) is None) else ()
+    knn = (KNN,) if "features" in caps and not (fitted and feature_bank_of(model) is None) else ()
     offered = [*likelihood, *model.raw_score_names, *knn]
     return [*offered, ENSEMBLE] if offered else []
 

@@ -132,9 +132,9 @@ class FeatureBank:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], info: dict) -> FeatureBank:
-        t = {k: v.double().numpy() for k, v in tensors.items()}
+        t = {k: v.double().numpy() for k, v in tensors.items() if k != "reference"}
         space = FeatureSpace(t["mean"], t["scale"], t["centre"], t["components"])
-        return cls(space, t["reference"].astype(np.float32), int(info["neighbours"]))
+        return cls(space, tensors["reference"].numpy(), int(info["neighbours"]))
 
 
 def bank_rows(n: int, seed: int = 0) -> np.ndarray:
