@@ -519,6 +519,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
                         help="which tasks to run (default: all)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, averaged (default 1)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="start the seeds here (seeds F..F+N-1), to add seeds to an earlier run")
     parser.add_argument("--time-limit", type=float, default=1.0, help="training minutes per genaug model (default 1)")
     parser.add_argument("--epochs", type=int, help="genaug epoch cap (default: genaug's automatic choice)")
     parser.add_argument("--pyod-epochs", type=int, help="epochs of PyOD's deep detectors (default: PyOD's)")
@@ -552,13 +554,13 @@ def main() -> None:
     print(f"# {len(emoji['google'].y)} emoji per style{' (--quick subset)' if args.quick else ''}; "
           f"novel categories: {held_out}; "
           f"genaug time limit {args.time_limit} min per model, epochs {args.epochs or 'auto'}; "
-          f"PyOD deep epochs {args.pyod_epochs or 'default'}; seeds {args.seeds}\n")
+          f"PyOD deep epochs {args.pyod_epochs or 'default'}; seeds {args.first_seed}..{args.first_seed + args.seeds - 1}\n")
 
     started = time.perf_counter()
     results: dict[tuple[str, str], dict[str, list[dict]]] = {}
     sizes: dict[tuple[str, str], tuple[int, int, int]] = {}
     methods: list[str] = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         config = TrainConfig(epochs=args.epochs, time_limit=args.time_limit, device=args.device, seed=seed,
                              progress=False)
         for task in build_tasks(emoji, novel, seed, args.tasks):

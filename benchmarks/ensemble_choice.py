@@ -1,7 +1,10 @@
 """Which combination of genaug's scores to make `ensemble` (and `auto`): offline, on bench_ood's saved scores.
 
     python benchmarks/bench_ood.py --emoji-dir ../shared/data --families vae --save-scores scores.npz
-    python benchmarks/ensemble_choice.py scores.npz [--family vae] [--fdr 0.05]
+    python benchmarks/ensemble_choice.py scores.npz [more.npz ...] [--family vae] [--fdr 0.05]
+
+Several files (runs of other seeds, `bench_ood.py --first-seed`) are pooled: AUROC is
+averaged over the seeds, precision / recall listed per seed.
 
 For every task direction saved (reference mode and self-audit) and every
 candidate combination of the single scores, the combined score as genaug
@@ -46,12 +49,16 @@ def combined(rule: str, parts: list[np.ndarray], refs: list[np.ndarray]) -> np.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scores", type=Path, help="the .npz of bench_ood.py --save-scores")
+    parser.add_argument("scores", type=Path, nargs="+",
+                        help="the .npz of bench_ood.py --save-scores (several: runs of other seeds, averaged)")
     parser.add_argument("--family", default="vae")
     parser.add_argument("--fdr", type=float, default=0.05)
     args = parser.parse_args()
-    saved = np.load(args.scores)
-    directions = sorted({tuple(k.split("|")[:3]) for k in saved.files if k.endswith("|is_out")})
+    saved = {}
+    for path in args.scores:  # keys start with the seed: runs of different seeds do not collide
+        with np.load(path) as run:
+            saved.update({k: run[k] for k in run.files})
+    directions = sorted({tuple(k.split("|")[:3]) for k in saved if k.endswith("|is_out")})
     auroc, flags = defaultdict(dict), defaultdict(dict)
     for seed, task, direction in directions:
         prefix = f"{seed}|{task}|{direction}"
@@ -61,11 +68,11 @@ def main() -> None:
         name = f"{direction} ({task})"
         for label, (rule, parts) in CANDIDATES.items():
             keys = [f"{prefix}|{args.family}/{p}|scored" for p in parts]
-            if not all(k in saved.files for k in keys):
+            if not all(k in saved for k in keys):
                 continue
             scores = [saved[k] for k in keys]
             cal_keys = [k.replace("|scored", "|calibration") for k in keys]
-            reference = all(k in saved.files for k in cal_keys)
+            reference = all(k in saved for k in cal_keys)
             refs = [saved[k] for k in cal_keys] if reference else scores
             s = combined(rule, scores, refs)
             if reference:
@@ -74,15 +81,16 @@ def main() -> None:
                 p = tail_p_values(s)
             flagged = benjamini_hochberg(p, args.fdr)
             hits = int((flagged & truth).sum())
-            auroc[name][label] = roc_auc_score(truth, s)
-            flags[name][label] = f"{hits / max(flagged.sum(), 1):.2f} / {hits / truth.sum():.2f}"
+            auroc[name].setdefault(label, []).append(roc_auc_score(truth, s))
+            flags[name].setdefault(label, []).append(f"{hits / max(flagged.sum(), 1):.2f} / {hits / truth.sum():.2f}")
     labels = [c for c in CANDIDATES if any(c in row for row in auroc.values())]
-    rows = [{"direction": name, **{c: row.get(c, np.nan) for c in labels}} for name, row in auroc.items()]
+    rows = [{"direction": name, **{c: np.mean(row.get(c, np.nan)) for c in labels}} for name, row in auroc.items()]
     rows.append({"direction": "mean", **{c: np.nanmean([r[c] for r in rows]) for c in labels}})
-    print("AUROC of each combination (robust z against the reference; mean or max):\n")
+    seeds = sorted({d[0] for d in directions})
+    print(f"AUROC of each combination (robust z against the reference; mean or max), mean over seeds {seeds}:\n")
     print_table(rows)
-    print(f"\nPrecision / recall of BH at fdr {args.fdr} on the combined score:\n")
-    print_table([{"direction": name, **{c: row.get(c, "-") for c in labels}} for name, row in flags.items()])
+    print(f"\nPrecision / recall of BH at fdr {args.fdr} on the combined score (one per seed):\n")
+    print_table([{"direction": name, **{c: ", ".join(row.get(c, ["-"])) for c in labels}} for name, row in flags.items()])
 
 
 if __name__ == "__main__":
