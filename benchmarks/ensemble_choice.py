@@ -57,6 +57,8 @@ def main() -> None:
     saved = {}
     for path in args.scores:  # keys start with the seed: runs of different seeds do not collide
         with np.load(path) as run:
+            if clash := next((k for k in run.files if k in saved), None):
+                raise SystemExit(f"{path}: '{clash}' is in an earlier file too; pool runs of different seeds")
             saved.update({k: run[k] for k in run.files})
     directions = sorted({tuple(k.split("|")[:3]) for k in saved if k.endswith("|is_out")})
     auroc, flags = defaultdict(dict), defaultdict(dict)
