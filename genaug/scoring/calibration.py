@@ -48,6 +48,14 @@ TAIL_TRIM = 0.05
 _SHAPE_PRIOR_SD = 0.3
 # Fewest scores the tail window must hold; smaller data widens the window.
 _MIN_TAIL_POINTS = 20
+# Reference mode extrapolates beyond the largest calibration score, and the
+# ~100 calibration scores of the fitted window cannot tell an exponential tail
+# from a moderately heavy one: an exponential extrapolation gave a lone odd
+# inlier far beyond them a p-value BH flags alone (emoji, realised FDR 1 on a
+# direction). A shape of at least 0.1 removed every such flag over 24 emoji
+# direction-seeds and cost little recall; benchmarks/README.md, "A floor under
+# the reference-mode tail".
+REFERENCE_MIN_SHAPE = 0.1
 
 
 def tail_p_values(scores: np.ndarray, *, tail: float = TAIL_FRACTION, trim: float = TAIL_TRIM) -> np.ndarray:
@@ -92,7 +100,11 @@ def tail_p_values(scores: np.ndarray, *, tail: float = TAIL_FRACTION, trim: floa
 
 
 def extended_conformal_p_values(
-    calibration: np.ndarray, scores: np.ndarray, *, tail: float = TAIL_FRACTION
+    calibration: np.ndarray,
+    scores: np.ndarray,
+    *,
+    tail: float = TAIL_FRACTION,
+    min_shape: float = REFERENCE_MIN_SHAPE,
 ) -> np.ndarray:
     """Split-conformal p-values, with a fitted tail beyond the largest calibration score.
 
@@ -100,11 +112,12 @@ def extended_conformal_p_values(
     calibration scores BH then needs dozens of images beyond *every*
     calibration score before it flags one (600 scores, 1,000 images, fdr
     0.05: 34), and a score that separates well still flags nothing. Here a
-    generalised Pareto tail (shape >= 0, as in `tail_p_values`) is fitted to
-    the calibration scores above their `1 - tail` quantile `u` (clean
-    scores: no trimming), and an image scoring above the largest calibration
-    score gets `min(1/(n_cal+1), (k+1)/(n_cal+1) * GPD.sf(s - u))`, with k
-    calibration scores above `u`: smaller the further it lies beyond them.
+    generalised Pareto tail (shape >= `min_shape`, by default
+    `REFERENCE_MIN_SHAPE`: heavier than an exponential, where `tail_p_values` allows 0) is fitted to the calibration
+    scores above their `1 - tail` quantile `u` (clean scores: no trimming),
+    and an image scoring above the largest calibration score gets
+    `min(1/(n_cal+1), (k+1)/(n_cal+1) * GPD.sf(s - u))`, with k calibration
+    scores above `u`: smaller the further it lies beyond them.
 
     What holds: every p-value of at least 1/(n_cal+1) is the conformal one,
     valid for exchangeable data whatever the score's distribution; only the
@@ -123,16 +136,19 @@ def extended_conformal_p_values(
     exceed = cal[cal > u] - u
     if not beyond.any() or exceed.size < 3 or not np.ptp(exceed) > 0:
         return p
-    shape, scale = fit_pareto_tail(exceed)
+    shape, scale = fit_pareto_tail(exceed, min_shape=min_shape)
     tail_p = (exceed.size + 1.0) / (cal.size + 1.0) * stats.genpareto.sf(s[beyond] - u, shape, scale=scale)
     # The tail may underflow far out (or with sub-normal scales); a p-value stays positive.
     p[beyond] = np.clip(tail_p, np.finfo(np.float64).tiny, 1.0 / (cal.size + 1.0))
     return p
 
 
-def fit_pareto_tail(exceedances: np.ndarray, width: float | None = None) -> tuple[float, float]:
+def fit_pareto_tail(
+    exceedances: np.ndarray, width: float | None = None, min_shape: float = 0.0
+) -> tuple[float, float]:
     """(shape, scale) of a generalised Pareto distribution fitted to `exceedances` (> 0) by maximum
-    a posteriori, with a normal prior (sd `_SHAPE_PRIOR_SD`) on the shape, kept >= 0.
+    a posteriori, with a normal prior (sd `_SHAPE_PRIOR_SD`) on the shape, kept >= `min_shape`
+    (the scale refitted at that shape when the fit lands below it).
 
     `width`: the exceedances are a sample truncated at `width` (larger ones
     were left out of the fit), so each density is divided by P(X <= width).
@@ -167,9 +183,11 @@ def fit_pareto_tail(exceedances: np.ndarray, width: float | None = None) -> tupl
     start = np.log(window.mean())
     fits = [optimize.minimize(lambda t: neg_log_posterior(*t), [x0, start], method="Nelder-Mead") for x0 in (0.0, 0.3)]
     shape, log_scale = min(fits, key=lambda r: r.fun).x
-    if shape < 0:
-        shape = 0.0
-        log_scale = optimize.minimize_scalar(lambda t: neg_log_posterior(0.0, t), bracket=(start - 1, start + 1)).x
+    if shape < min_shape:
+        shape = min_shape
+        log_scale = optimize.minimize_scalar(
+            lambda t: neg_log_posterior(min_shape, t), bracket=(start - 1, start + 1)
+        ).x
     return float(shape), float(np.exp(log_scale))
 
 
