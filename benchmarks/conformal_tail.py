@@ -29,6 +29,7 @@ from genaug.scoring.calibration import (
     conformal_p_values,
     extended_conformal_p_values,
 )
+from saved_scores import load_saved_scores
 from tables import print_table
 
 
@@ -43,31 +44,21 @@ def main() -> None:
     for m in args.min_shapes:
         name = "extended" if len(args.min_shapes) == 1 else f"extended {m:g}"
         rules[name] = lambda cal, s, m=m: extended_conformal_p_values(cal, s, min_shape=m)
+    saved = load_saved_scores(args.scores)
     runs = defaultdict(list)  # (task, direction, method) -> one dict per seed
-    seen: set[str] = set()
-    for path in args.scores:
-        saved = np.load(path)
-        keys = [k for k in saved.files if k.endswith("|calibration")]
-        if seen & set(keys):
-            raise SystemExit(f"{path}: holds a seed and direction an earlier file holds too")
-        seen |= set(keys)
-        add_runs(saved, keys, rules, args.fdr, runs)
-    report(runs, rules)
-
-
-def add_runs(saved, keys: list[str], rules: dict, fdr: float, runs: dict) -> None:
-    for key in keys:
+    for key in [k for k in saved if k.endswith("|calibration")]:
         seed, task, direction, method, _ = key.split("|")
         is_out = saved[f"{seed}|{task}|{direction}|is_out"]
         scores, cal = saved[key.replace("|calibration", "|scored")], saved[key]
         run = {"AUROC": roc_auc_score(is_out, scores)}
         for rule, p_values in rules.items():
-            flags = benjamini_hochberg(p_values(cal, scores), fdr)
+            flags = benjamini_hochberg(p_values(cal, scores), args.fdr)
             n = int(flags.sum())
             run[f"{rule} recall"] = flags[is_out].mean()
             run[f"{rule} FDR"] = (flags & ~is_out).sum() / n if n else 0.0
             run[f"{rule} flagged"] = n
         runs[(task, direction, method)].append(run)
+    report(runs, rules)
 
 
 def report(runs: dict, rules: dict) -> None:

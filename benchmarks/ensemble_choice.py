@@ -28,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 
 from genaug.scoring.calibration import benjamini_hochberg, extended_conformal_p_values, tail_p_values
 from genaug.scoring.ensemble import robust_z
+from saved_scores import load_saved_scores
 from tables import print_table
 
 CANDIDATES = {
@@ -54,12 +55,7 @@ def main() -> None:
     parser.add_argument("--family", default="vae")
     parser.add_argument("--fdr", type=float, default=0.05)
     args = parser.parse_args()
-    saved = {}
-    for path in args.scores:  # keys start with the seed: runs of different seeds do not collide
-        with np.load(path) as run:
-            if clash := next((k for k in run.files if k in saved), None):
-                raise SystemExit(f"{path}: '{clash}' is in an earlier file too; pool runs of different seeds")
-            saved.update({k: run[k] for k in run.files})
+    saved = load_saved_scores(args.scores)
     directions = sorted({tuple(k.split("|")[:3]) for k in saved if k.endswith("|is_out")})
     auroc, flags = defaultdict(dict), defaultdict(dict)
     for seed, task, direction in directions:

@@ -113,8 +113,9 @@ def extended_conformal_p_values(
     calibration score before it flags one (600 scores, 1,000 images, fdr
     0.05: 34), and a score that separates well still flags nothing. Here a
     generalised Pareto tail (shape >= `min_shape`, by default
-    `REFERENCE_MIN_SHAPE`: heavier than an exponential, where `tail_p_values` allows 0) is fitted to the calibration
-    scores above their `1 - tail` quantile `u` (clean scores: no trimming),
+    `REFERENCE_MIN_SHAPE`: heavier than an exponential, where `tail_p_values`
+    allows 0) is fitted to the calibration scores above their `1 - tail`
+    quantile `u` (clean scores: no trimming),
     and an image scoring above the largest calibration score gets
     `min(1/(n_cal+1), (k+1)/(n_cal+1) * GPD.sf(s - u))`, with k calibration
     scores above `u`: smaller the further it lies beyond them.
