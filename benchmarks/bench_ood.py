@@ -43,7 +43,8 @@ genaug does not offer shows "n/a"); reference mode fits once per family
 `llr` among the scores, `llr=True` adds its background model, and its time)
 and scores each kind with `detect_outliers(test, model=...)`; self-audit
 trains the fold models once per family and data set (see `cross_fit_once`;
-`llr` trains its own, with background models). Flags
+`llr` trains its own, with background models), and its second round once
+per score (its left-out images depend on the score). Flags
 are genaug's defaults: BH at fdr 0.05. PyOD (IForest, PCA, AutoEncoder, VAE,
 DeepSVDD) on flattened pixels in [0, 1] at its default hyper-parameters
 (`--pyod-epochs` may cut the deep ones' epochs) and its default flags:
@@ -316,22 +317,25 @@ def cross_fit_once():
     score's flags exactly those a user gets, whatever genaug's self-audit flagging becomes.
     The call's arguments are the cache key, so a score needing other fold models retrains;
     should `detect_outliers` stop calling `cross_fit_scores`, every score retrains: slower, still right.
-    Yields a dict: "seconds" sums the time spent cross-fitting, "used" is the time the cross-fit
-    whose scores the last call used took (when it ran).
+    Yields a dict: "seconds" sums the time spent cross-fitting, "used" lists the time each
+    cross-fit whose scores a call used took when it ran (one per round of a self-audit).
     """
     module = import_module("genaug.detect")
     original = module.cross_fit_scores
     cache: dict = {}
-    timer = {"seconds": 0.0, "used": 0.0}
+    timer = {"seconds": 0.0, "used": []}
 
     def cached(data, *args, **kwargs):
-        key = (id(data), repr(args), repr(sorted(kwargs.items())))
+        # An array (the second round's `exclude` mask) goes in whole: repr() elides long ones.
+        key = (id(data), repr(args), repr(sorted((k, v.tobytes() if isinstance(v, np.ndarray) else v)
+                                                 for k, v in kwargs.items())))
         if key not in cache:
             start = time.perf_counter()
             raw = original(data, *args, **kwargs)
             cache[key] = raw, time.perf_counter() - start
             timer["seconds"] += cache[key][1]
-        raw, timer["used"] = cache[key]
+        raw, seconds = cache[key]
+        timer["used"].append(seconds)
         return raw
 
     module.cross_fit_scores = cached
@@ -378,12 +382,12 @@ def genaug_rows(task: Task, family: str, scores: list[str], config: TrainConfig)
             if concrete is None:
                 rows[name] = {"n/a": True}
                 continue
-            start, fitting = time.perf_counter(), cross_fit["seconds"]
+            start, fitting, used = time.perf_counter(), cross_fit["seconds"], len(cross_fit["used"])
             if model is not None:
                 result = detect_outliers(task.test, model=model, score=kind)
             else:
                 result = detect_outliers(task.test, family=family, score=kind, train_config=config)
-                fit_s = cross_fit["used"]
+                fit_s = sum(cross_fit["used"][used:])  # both rounds, whichever call trained them
             fitted = cross_fit["seconds"] - fitting  # 0 unless this call trained the fold models
             for w in result.warnings:
                 if w not in warned:  # the same warning for every score of one model: once is enough

@@ -50,7 +50,7 @@ def test_self_audit_scores_every_image_out_of_fold(self_audit, contaminated):
 
 def test_contamination_flags_that_share(contaminated):
     data, _ = contaminated
-    result = genaug.detect_outliers(data, contamination=0.05, train_config=TrainConfig(epochs=2, progress=False))
+    result = genaug.detect_outliers(data, contamination=0.05, refit=0, train_config=TrainConfig(epochs=2, progress=False))
     assert result.n_flagged == int(np.ceil(0.05 * len(data)))
 
 
@@ -129,6 +129,11 @@ def test_bad_settings_are_clear_errors(reference_model, digits):
         genaug.detect_outliers(data, model=reference_model, score="magic")
     with pytest.raises(GenaugError, match="--conformal must be one of extended, exact"):
         genaug.detect_outliers(data, model=reference_model, conformal="magic")
+    with pytest.raises(GenaugError, match="--refit applies to self-audit"):
+        genaug.detect_outliers(data, model=reference_model, refit=0.05)
+    for share in (-0.1, 0.5):
+        with pytest.raises(GenaugError, match="--refit must be at least 0 and below 0.5"):
+            genaug.detect_outliers(data, refit=share)
     uncalibrated = genaug.fit(digits.subset(np.arange(50)), train_config=TrainConfig(epochs=1, progress=False))
     uncalibrated.metadata.pop("calibration")
     with pytest.raises(GenaugError, match="calibration"):
@@ -141,3 +146,39 @@ def test_scoring_options_must_be_those_the_model_was_calibrated_with(reference_m
     genaug.detect_outliers(small, model=reference_model, iwae_k=calibrated)  # restating them is fine
     with pytest.raises(GenaugError, match="calibrated with"):
         genaug.detect_outliers(small, model=reference_model, iwae_k=calibrated + 3)
+
+
+def test_self_audit_second_round_never_trains_on_the_first_rounds_top_scores(monkeypatch, digits):
+    from genaug import detect as detect_module
+    from genaug.scoring import score_values
+
+    data = digits.subset(np.arange(300))
+    rounds, trained_on = [], []
+    real_cross_fit, real_train_on = detect_module.cross_fit_scores, detect_module.train_on
+
+    def cross_fit(*args, **kwargs):
+        raw = real_cross_fit(*args, **kwargs)
+        rounds.append((kwargs.get("exclude"), raw))
+        return raw
+
+    monkeypatch.setattr(detect_module, "cross_fit_scores", cross_fit)
+    def train_on(model, training, *args, **kwargs):
+        trained_on.append(set(training.ids))
+        return real_train_on(model, training, *args, **kwargs)
+
+    monkeypatch.setattr(detect_module, "train_on", train_on)
+    result = genaug.detect_outliers(data, score="nll", refit=0.1, train_config=TrainConfig(epochs=1, progress=False))
+    assert [exclude is None for exclude, _ in rounds] == [True, False]
+    first = score_values(rounds[0][1], "nll", rounds[0][1], robust=True)
+    suspects = rounds[1][0]
+    assert suspects.sum() == 30 and first[suspects].min() > first[~suspects].max()  # the top 10%, exactly
+    suspect_ids = {data.ids[i] for i in np.flatnonzero(suspects)}
+    assert len(trained_on) == 4 and all(not (ids & suspect_ids) for ids in trained_on[2:])
+    assert trained_on[0] | trained_on[1] >= suspect_ids  # the first round trained on everything
+    # Every image, suspects too, is scored out of fold by the second round's models.
+    np.testing.assert_array_equal(result.bits_per_dim, rounds[1][1].bits_per_dim)
+    assert result.settings["refit"] == 0.1
+
+    rounds.clear()
+    one = genaug.detect_outliers(data, score="nll", refit=0, train_config=TrainConfig(epochs=1, progress=False))
+    assert len(rounds) == 1 and one.settings["refit"] == 0

@@ -218,6 +218,11 @@ BAD = [
      5, "steps[0].detect_outliers.fdr: --fdr must be between 0 and 1"),
     ("conformal in self-audit", "source: data.npz\nsteps:\n  - detect_outliers:\n      output: o.parquet\n"
      "      conformal: exact\n", 5, "steps[0].detect_outliers.conformal: conformal applies to reference mode"),
+    ("refit out of range", "source: data.npz\nsteps:\n  - detect_outliers:\n      output: o.parquet\n"
+     "      refit: 0.9\n", 5, "steps[0].detect_outliers.refit: --refit must be at least 0 and below 0.5"),
+    ("refit in reference mode",
+     "source: data.npz\n" + FIT + "  - detect_outliers:\n      output: o.parquet\n      refit: 0.1\n",
+     6, "steps[1].detect_outliers.refit: refit applies to self-audit"),
     ("training check", "source: data.npz\nmodel:\n  family: vae\n  epochs: 0\n" + FIT,
      4, "model.epochs: epochs must be a positive integer"),
     ("model option", "source: data.npz\nmodel:\n  options:\n    latnt_dim: 4\n" + FIT,

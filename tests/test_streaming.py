@@ -217,6 +217,8 @@ def test_paths_in_a_streamed_file_stay_inside_its_root(tmp_path):
         (["{data}", "--ray-concurrency", "2", "--model-path", "{model}"], "go with --engine ray"),
         (["{folder}", "--model-path", "{model}"], "no Parquet files match"),
         (["digits", "--conformal", "exact"], "--conformal applies to reference mode"),
+        (["{data}", "--model-path", "{model}", "--refit", "0.1"], "--refit applies to self-audit"),
+        (["digits", "--refit", "0.7"], "--refit must be at least 0 and below 0.5"),
     ],
 )
 def test_engine_errors_are_one_line(args, message, model_path, parquet_file, tmp_path, capsys):

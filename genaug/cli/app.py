@@ -480,6 +480,14 @@ def detect_outliers(
             "(never below 1/(calibration scores + 1)).", show_default=False,
         ),
     ] = None,
+    refit: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Self-audit: share of images, by first-round score, left out of a second round of fold models' "
+            "training, so outliers the models fit well are not learned as normal (default 0.05; 0: one round, "
+            "half the training time).", show_default=False,
+        ),
+    ] = None,
     top: Annotated[int, typer.Option(help="Rows of the top-outlier table to print.")] = 10,
     report: Annotated[
         Optional[Path], typer.Option(help="Also write an HTML report (top outliers, edge cases, histogram) here.")
@@ -538,6 +546,8 @@ def detect_outliers(
         raise GenaugError("--ray-address and --ray-concurrency go with --engine ray")
     if conformal is not None and model_path is None:
         raise GenaugError("--conformal applies to reference mode (--model-path); self-audit fits its own null")
+    if refit is not None and model_path is not None:
+        raise GenaugError("--refit applies to self-audit; a fitted model (--model-path) was trained on clean data")
     conformal = DEFAULT_CONFORMAL if conformal is None else _value(conformal)
     streams = model_path is not None and is_parquet_source(data)
     if engine == "ray" and not streams:
@@ -569,6 +579,7 @@ def detect_outliers(
         iwae_k=iwae_k,
         mutation_rate=mutation_rate,
         conformal=conformal,
+        refit=refit,
         train_config=_train_config(epochs, batch_size, lr, device, seed, quiet, trim, time_limit=time_limit),
         console=None if quiet else err,
     )

@@ -162,7 +162,8 @@ STEP_KEYS: dict[str, dict[str, Kind]] = {
             "mutation_rate": NUMBER},
     "detect_outliers": {**_COMMON, **_INPUT, **_MODEL, "score": STR, "fdr": NUMBER, "contamination": NUMBER,
                         "folds": Kind("int", minimum=2), "iwae_k": INT, "mutation_rate": NUMBER,
-                        "conformal": Kind("choice", choices=CONFORMAL), "engine": Kind("choice", choices=ENGINES)},
+                        "conformal": Kind("choice", choices=CONFORMAL), "refit": NUMBER,
+                        "engine": Kind("choice", choices=ENGINES)},
     "rebalance": {**_COMMON, **_INPUT, **_MODEL, "resampled": STR, "density": STR, "components": Kind("int", minimum=1),
                   "bins": Kind("int", minimum=2), "alpha": NUMBER, "aggregate": STR, "fit_boost": NUMBER,
                   "fit_share": NUMBER, "per_class": BOOL,
@@ -676,6 +677,11 @@ def _step_checks(spec: PipelineSpec, i: int, cls) -> list[tuple[tuple, Callable]
         elif "mutation_rate" in s:
             checks.append((at("mutation_rate"), lambda: _raise(
                 "mutation_rate applies to self-audit (model: train); a fitted model's background model keeps its own")))
+        if "refit" in s:
+            from genaug.detect import check_refit
+
+            checks.append((at("refit"), lambda: check_refit(s["refit"]) if model_ref == TRAIN else _raise(
+                "refit applies to self-audit (model: train); a fitted model was trained on clean data")))
         if model_ref == TRAIN and "conformal" in s:
             checks.append((at("conformal"), lambda: _raise(
                 "conformal applies to reference mode (a fitted model); self-audit fits its own null")))
