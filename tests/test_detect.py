@@ -50,7 +50,8 @@ def test_self_audit_scores_every_image_out_of_fold(self_audit, contaminated):
 
 def test_contamination_flags_that_share(contaminated):
     data, _ = contaminated
-    result = genaug.detect_outliers(data, contamination=0.05, refit=0, train_config=TrainConfig(epochs=2, progress=False))
+    quick = TrainConfig(epochs=2, progress=False)
+    result = genaug.detect_outliers(data, contamination=0.05, refit=0, train_config=quick)
     assert result.n_flagged == int(np.ceil(0.05 * len(data)))
 
 
