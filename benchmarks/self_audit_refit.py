@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_ood import INJECT_SHARE, build_tasks, cross_fit_once, load_emoji, log, metrics
-from genaug.detect import detect_outliers
+from genaug.detect import SUGGESTED_REFIT, detect_outliers
 from genaug.train import TrainConfig
 from tables import print_table
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--emoji-dir", type=Path, required=True,
                         help="the folder of emoji-google-32.npz and emoji-twitter-32.npz")
     parser.add_argument("--tasks", nargs="+", default=["photo", "clean"], choices=["injected", "photo", "clean"])
-    parser.add_argument("--refits", nargs="+", type=float, default=[0.0, 0.05])
+    parser.add_argument("--refits", nargs="+", type=float, default=[0.0, SUGGESTED_REFIT])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30, help="fixed, so the figures do not move with the load")

@@ -51,7 +51,7 @@ def test_self_audit_scores_every_image_out_of_fold(self_audit, contaminated):
 def test_contamination_flags_that_share(contaminated):
     data, _ = contaminated
     quick = TrainConfig(epochs=2, progress=False)
-    result = genaug.detect_outliers(data, contamination=0.05, refit=0, train_config=quick)
+    result = genaug.detect_outliers(data, contamination=0.05, train_config=quick)
     assert result.n_flagged == int(np.ceil(0.05 * len(data)))
 
 
@@ -181,5 +181,5 @@ def test_self_audit_second_round_never_trains_on_the_first_rounds_top_scores(mon
     assert result.settings["refit"] == 0.1
 
     rounds.clear()
-    one = genaug.detect_outliers(data, score="nll", refit=0, train_config=TrainConfig(epochs=1, progress=False))
-    assert len(rounds) == 1 and one.settings["refit"] == 0
+    one = genaug.detect_outliers(data, score="nll", train_config=TrainConfig(epochs=1, progress=False))
+    assert len(rounds) == 1 and one.settings["refit"] == 0  # one round unless asked

@@ -484,8 +484,9 @@ def detect_outliers(
         Optional[float],
         typer.Option(
             help="Self-audit: share of images, by first-round score, left out of a second round of fold models' "
-            "training, so outliers the models fit well are not learned as normal (default 0.05; 0: one round, "
-            "half the training time).", show_default=False,
+            "training (twice the time), so a group of outliers the models fit well, like simple drawings among "
+            "photos, is not learned as normal; 0.05 is the measured share. It can hurt outliers the first round "
+            "ranks poorly. Default 0: one round.", show_default=False,
         ),
     ] = None,
     top: Annotated[int, typer.Option(help="Rows of the top-outlier table to print.")] = 10,
