@@ -276,8 +276,8 @@ def detect_outliers(
         raw = cross_fit()
         refit = SELF_AUDIT_REFIT if refit is None else refit
         if refit > 0:
-            first = score_values(raw, kind, raw, robust=True)
-            suspects = first > np.quantile(first, 1.0 - refit)
+            # The same top share `contamination` would flag, by the first round's scores.
+            suspects = top_fraction(score_values(raw, kind, raw, robust=True), refit)
             if console is not None:
                 console.print(Text(f"self-audit round 2: retraining without the {int(suspects.sum())} highest-scoring "
                                    "images", style="dim"))  # fmt: skip

@@ -50,8 +50,7 @@ def test_self_audit_scores_every_image_out_of_fold(self_audit, contaminated):
 
 def test_contamination_flags_that_share(contaminated):
     data, _ = contaminated
-    quick = TrainConfig(epochs=2, progress=False)
-    result = genaug.detect_outliers(data, contamination=0.05, train_config=quick)
+    result = genaug.detect_outliers(data, contamination=0.05, train_config=TrainConfig(epochs=2, progress=False))
     assert result.n_flagged == int(np.ceil(0.05 * len(data)))
 
 
@@ -162,11 +161,11 @@ def test_self_audit_second_round_never_trains_on_the_first_rounds_top_scores(mon
         rounds.append((kwargs.get("exclude"), raw))
         return raw
 
-    monkeypatch.setattr(detect_module, "cross_fit_scores", cross_fit)
     def train_on(model, training, *args, **kwargs):
         trained_on.append(set(training.ids))
         return real_train_on(model, training, *args, **kwargs)
 
+    monkeypatch.setattr(detect_module, "cross_fit_scores", cross_fit)
     monkeypatch.setattr(detect_module, "train_on", train_on)
     result = genaug.detect_outliers(data, score="nll", refit=0.1, train_config=TrainConfig(epochs=1, progress=False))
     assert [exclude is None for exclude, _ in rounds] == [True, False]
