@@ -48,6 +48,7 @@ from genaug.scoring import (
     FALLBACK_SCORE,
     KNN,
     RawScores,
+    auto_uses_background,
     needs_background,
     reads_background,
     resolve_score,
@@ -411,7 +412,9 @@ def calibrate_and_flag(
         s = score_values(raw, kind, raw, robust=True)
         p = tail_p_values(s)
     warnings = []
-    if requested.lower() == "auto" and kind == FALLBACK_SCORE:
+    # Only where auto would have used a background model: an exact-likelihood family's auto is complexity.
+    family = settings.get("model")
+    if requested.lower() == "auto" and kind == FALLBACK_SCORE and family and auto_uses_background(get_family(family)):
         warnings.append(
             f"auto scored {FALLBACK_SCORE}: the model has no background model for {DEFAULT_SCORE}, the default "
             "score; refit with --llr, the default (genaug.fit(..., llr=True)), to use it"

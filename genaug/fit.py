@@ -11,7 +11,8 @@ the same training split with its pixels perturbed (`genaug.scoring.llr`),
 attached to the model, stored in its checkpoint, and its bits/dim of the
 calibration split join the record: the `llr` score is then calibrated like
 any other. It doubles the training time; it is on by default (`llr=None`)
-for families with a likelihood, because `llr` is the default score (`auto`).
+where `llr` is part of the default score (`auto`): for the VAE, not for the
+exact-likelihood families, whose `auto` is `complexity`.
 
 A family with `features` also gets a feature bank: the features of its
 training images, for the `knn` score (`genaug.scoring.knn`), stored in the
@@ -33,7 +34,7 @@ from genaug.models.base import GenerativeModel
 from genaug.models.registry import build_model, get_family
 from genaug.models.store import attach_background
 from genaug.progress import AUTO, resolve_console
-from genaug.scoring import available_scores, score_images
+from genaug.scoring import auto_uses_background, available_scores, score_images
 from genaug.scoring.calibration import check_fraction
 from genaug.scoring.knn import NEIGHBOURS, attach_bank, bank_rows
 from genaug.scoring.llr import DEFAULT_MUTATION_RATE, PerturbedTraining, check_mutation_rate
@@ -175,11 +176,12 @@ def fit(
     `data` is anything `load_images` reads, or a `DiskImageSet`
     (`genaug.data.disk_images.training_data`) to train from disk, batch by batch.
 
-    With `llr` (None, the default: whenever the family has a likelihood),
-    also train a background model on the training split with each pixel
-    replaced by a random colour at `mutation_rate` (None:
-    `DEFAULT_MUTATION_RATE`), for the `llr` score, `auto`'s choice (twice
-    the training time; `llr=False` skips it and `auto` scores `complexity`).
+    With `llr` (None, the default: where `auto` scores llr, i.e. for the VAE;
+    the exact-likelihood families' `auto` is `complexity`), also train a
+    background model on the training split with each pixel replaced by a
+    random colour at `mutation_rate` (None: `DEFAULT_MUTATION_RATE`), for the
+    `llr` score (twice the training time; `llr=False` skips it and `auto`
+    scores `complexity`).
     The returned model is ready for `detect_outliers(..., model=model)`,
     `rebalance`, `synthesize`, or `save_model`.
     """
@@ -190,7 +192,7 @@ def fit(
     cls = get_family(family)
     options = scoring_options(cls, iwae_k, nll_options)
     if llr is None:
-        llr = "nll" in cls.capabilities()
+        llr = auto_uses_background(cls)
     mutation_rate = check_llr(cls, mutation_rate, needed=llr)
     if not available_scores(cls):
         raise GenaugError(f"model family '{family}' has neither a likelihood nor a raw score to calibrate")

@@ -155,19 +155,33 @@ def test_llr_is_offered_by_a_family_with_a_likelihood_and_a_model_with_a_backgro
         resolve_score("llr", plain)
 
 
-def test_auto_is_llr_and_fit_trains_its_background_by_default(fitted, monkeypatch):
-    assert resolve_score("auto", get_family("pixelcnn")) == "llr" == resolve_score("auto", fitted)
+def test_auto_scores_llr_for_the_vae_and_complexity_for_exact_likelihood_families(fitted, monkeypatch):
+    # The VAE's auto is llr, so fit trains its background model by default; the autoregressive
+    # families' auto is complexity (their llr ranked photo crops below emoji), so fit skips it.
+    assert resolve_score("auto", get_family("vae")) == "llr"
+    for family in ("pixelcnn", "gated-pixelcnn", "pixelcnn++", "pixelrnn"):
+        assert resolve_score("auto", get_family(family)) == "complexity"
+    assert resolve_score("auto", fitted) == "complexity"  # a background model does not change that
+    assert resolve_score("llr", fitted) == "llr"  # asked for by name, it is still there
     assert resolve_score("auto", get_family("ae")) == "recon"
     trained = []
     monkeypatch.setattr(fit_module, "train_background", lambda model, *a, **k: trained.append(model.name))
     data = ImageSet(inliers(40, 0))
     quick = TrainConfig(epochs=1, batch_size=16, progress=False)
-    genaug.fit(data, family="pixelcnn", model_options=TINY, train_config=quick)
+    small_vae = {"latent_dim": 4, "channels": 4, "hidden": 16}
+    genaug.fit(data, family="vae", model_options=small_vae, train_config=quick)
+    pixelcnn = genaug.fit(data, family="pixelcnn", model_options=TINY, train_config=quick)
     genaug.fit(data, family="ae", train_config=quick)  # no likelihood: no background, no error
-    assert trained == ["pixelcnn"]
-    # Fitted without one (--no-llr, or a checkpoint from before): auto falls back to complexity, and says so.
-    plain = genaug.fit(data, family="pixelcnn", model_options=TINY, llr=False, train_config=quick)
-    assert trained == ["pixelcnn"] and resolve_score("auto", plain) == "complexity"
+    assert trained == ["vae"]
+    genaug.fit(data, family="pixelcnn", model_options=TINY, llr=True, train_config=quick)
+    assert trained == ["vae", "pixelcnn"]
+    # auto with the score it was meant to have says nothing about background models.
+    result = genaug.detect_outliers(data, model=pixelcnn)
+    assert result.settings["score"] == "complexity"
+    assert not any("background" in w for w in result.warnings)
+    # A VAE fitted without one (--no-llr, or a checkpoint from before): auto falls back to complexity, and says so.
+    plain = genaug.fit(data, family="vae", model_options=small_vae, llr=False, train_config=quick)
+    assert trained == ["vae", "pixelcnn"] and resolve_score("auto", plain) == "complexity"
     result = genaug.detect_outliers(data, model=plain)
     assert result.settings["score"] == "complexity"
     assert any("no background model" in w for w in result.warnings)

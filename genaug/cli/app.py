@@ -379,9 +379,9 @@ def fit(
         Optional[bool],
         typer.Option(
             "--llr/--no-llr",
-            help="Train a background model on pixel-perturbed images for the llr score, the default score "
-            "(doubles training time). Default: on for families with a likelihood; --no-llr makes auto score "
-            "complexity.",
+            help="Train a background model on pixel-perturbed images for the llr score, part of vae's default "
+            "score (doubles training time). Default: on for vae, off for the autoregressive families (their auto "
+            "is complexity); --no-llr makes a vae's auto score complexity.",
             show_default=False,
         ),
     ] = None,
@@ -456,7 +456,8 @@ def detect_outliers(
         str,
         typer.Option(
             help="auto (= ensemble of llr and knn for a checkpoint that has both, as genaug fit makes them for vae; llr in "
-            "self-audit; complexity for a checkpoint fitted with --no-llr), nll, complexity, llr (likelihood "
+            "self-audit; complexity for the autoregressive families and a vae fitted with --no-llr), nll, complexity, "
+            "llr (likelihood "
             "ratio against a background model: stored in the checkpoint, or trained per fold in self-audit), typicality (distance of the "
             "bits/dim from the data's typical value, two-sided), knn (distance to the nearest training image in the "
             "model's features; best on novel kinds of image in reference mode), a family's raw score (recon), or ensemble (mean "

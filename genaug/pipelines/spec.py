@@ -642,7 +642,7 @@ def _build_on_meta(spec: PipelineSpec, options: dict) -> None:
 def _step_checks(spec: PipelineSpec, i: int, cls) -> list[tuple[tuple, Callable]]:
     """(key path, check) pairs for step i's settings: the jobs' own check functions."""
     from genaug.fit import check_llr, scoring_options
-    from genaug.scoring import available_scores, needs_background, resolve_score
+    from genaug.scoring import auto_uses_background, available_scores, needs_background, resolve_score
     from genaug.scoring.calibration import check_fraction
 
     step, s = spec.steps[i], spec.steps[i].settings
@@ -660,7 +660,7 @@ def _step_checks(spec: PipelineSpec, i: int, cls) -> list[tuple[tuple, Callable]
             checks.append((at("calibration_fraction"), lambda: check_fraction("calibration-fraction", fraction)))
         checks.append((at("iwae_k"), lambda: scoring_options(cls, s.get("iwae_k"))))
         llr = s.get("llr")
-        needed = llr if llr is not None else "nll" in cls.capabilities()
+        needed = llr if llr is not None else auto_uses_background(cls)
         checks.append((at("mutation_rate") if "mutation_rate" in s else at("llr"),
                        lambda: check_llr(cls, s.get("mutation_rate"), needed=needed)))
         checks.append((("model", "family"), lambda: available_scores(cls) or _raise(

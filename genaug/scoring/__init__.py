@@ -46,6 +46,13 @@ KNN = "knn"
 # carries a feature bank (reference mode), `ensemble`: llr with knn (REFERENCE_DEFAULT, below).
 DEFAULT_SCORE = "llr"
 FALLBACK_SCORE = "complexity"
+# `auto` for a family with an exact likelihood (the autoregressive ones): complexity. Their background
+# models fit photo crops worse than the models themselves do, so llr ranks photo crops among Google emoji
+# *below* the emoji (AUROC 0.31 PixelCNN, 0.02 PixelCNN++, where nll reaches 0.98 and 0.91); over
+# bench_ood's 12 directions llr is the worst score of both families, and complexity the best single one
+# of PixelCNN++, within 0.04 of the best of PixelCNN, and never below 0.5 where another score passes 0.8
+# (benchmarks/README.md, "Exact-likelihood families in bench_ood"). The gated PixelCNN agreed on the style task.
+EXACT_DEFAULT = FALLBACK_SCORE
 ENSEMBLE = "ensemble"
 # `auto` in reference mode for a model with a background model and a feature bank: the ensemble of
 # llr and knn, mean AUROC 0.830 over 8 reference-mode directions vs llr 0.732 and knn 0.830, worst
@@ -117,16 +124,24 @@ def reads_background(kind: str) -> bool:
     return kind in ("llr", ENSEMBLE)
 
 
+def auto_uses_background(family: type[GenerativeModel]) -> bool:
+    """Whether `auto` scores with a background model for this family, so that fitting trains one by default."""
+    return needs_background(resolve_score("auto", family))
+
+
 def resolve_score(kind: str, model: GenerativeModel | type[GenerativeModel]) -> str:
-    """The concrete score name for `kind`: `auto` is `ensemble` (llr with knn) for a fitted model
-    that carries a background model and a feature bank, `llr` for a family with a likelihood (for
-    a fitted model: one that carries a background model), `complexity` for a fitted model without
-    one, else the family's first raw score; anything else must be offered by the family."""
+    """The concrete score name for `kind`: `auto` is `complexity` for a family with an exact
+    likelihood (EXACT_DEFAULT); else `ensemble` (llr with knn) for a fitted model that carries a
+    background model and a feature bank, `llr` for a family with a likelihood (for a fitted model:
+    one that carries a background model), `complexity` for a fitted model without one, else the
+    family's first raw score; anything else must be offered by the family."""
     kind = kind.lower()
     offered = available_scores(model)
     if kind == "auto":
         if not offered:
             raise GenaugError(f"model family '{model.name}' has neither a likelihood nor a raw score to detect with")
+        if model.likelihood == "exact" and EXACT_DEFAULT in offered:
+            return EXACT_DEFAULT
         if isinstance(model, GenerativeModel) and {DEFAULT_SCORE, KNN} <= set(offered):
             return REFERENCE_DEFAULT
         return next((k for k in (DEFAULT_SCORE, FALLBACK_SCORE) if k in offered), offered[0])
