@@ -42,8 +42,8 @@ class OutlierDetector(OutlierMixin, BaseEstimator):
     the family's raw scores), `fdr`, `contamination` (flag a share instead
     of BH), `conformal` ("extended" or "exact" p-values), training
     `epochs`, `time_limit` (minutes), `batch_size`, `lr`, `device`, `seed`,
-    `model_options` (constructor options, e.g. {"latent_dim": 32}), `llr` (train the background model; None: when the
-    family has a likelihood), `calibration_fraction`, and `progress`
+    `model_options` (constructor options, e.g. {"latent_dim": 32}), `llr` (train the background model; None: where
+    `auto` uses it, i.e. for vae), `calibration_fraction`, and `progress`
     (True, False or "auto": a terminal or notebook).
     """
 
