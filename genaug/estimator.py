@@ -147,13 +147,14 @@ class OutlierDetector(OutlierMixin, BaseEstimator):
         """[N] 1 for an outlier, 0 for an inlier: BH at `fdr` over X (or the top `contamination` of X)."""
         return self.detect(X).is_outlier.astype(np.int64)
 
-    def audit(self, X):
+    def audit(self, X, *, refit: float | None = None):
         """Self-audit X (no reference: each image scored by a model trained on the other fold),
-        with this detector's settings; returns the `DetectionResult`. Needs no fit."""
+        with this detector's settings; returns the `DetectionResult`. Needs no fit. `refit`: a
+        second round without the first round's top share, as `detect_outliers(..., refit=...)`."""
         from genaug.detect import detect_outliers
 
         return detect_outliers(as_imageset(X), family=self.family, model_options=self.model_options,
-                               score=self.score, fdr=self.fdr, contamination=self.contamination,
+                               score=self.score, fdr=self.fdr, contamination=self.contamination, refit=refit,
                                train_config=self._train_config(), console=self._console())  # fmt: skip
 
     # -- persistence ---------------------------------------------------------------

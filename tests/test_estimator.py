@@ -62,3 +62,11 @@ def test_save_and_load_give_the_same_scores(fitted, clean_and_new, tmp_path):
 def test_audit_needs_no_fit(clean_and_new):
     result = OutlierDetector(**FAST).audit(clean_and_new[1])
     assert result.settings["mode"] == "self-audit" and len(result.score) == 100
+    assert result.settings["refit"] == 0  # one round unless asked
+
+
+def test_audit_runs_a_second_round_when_asked(clean_and_new):
+    result = OutlierDetector(**{**FAST, "epochs": 1}).audit(clean_and_new[1], refit=0.1)
+    assert result.settings["refit"] == 0.1
+    with pytest.raises(GenaugError, match="refit"):
+        OutlierDetector(**FAST).audit(clean_and_new[1], refit=0.7)
