@@ -34,8 +34,12 @@ seeded, each run in both directions where it has two sides:
    set; and the reverse (fit on photo crops, emoji as the 5%). The
    reference-mode case where a score separates well, so conformal BH
    should find most outliers (target: recall >= 0.5 where AUROC >= 0.95).
+7. grey (self-audit, `grey`): task 4 at 28x28 in grey (luminance, then an
+   antialiased downscale): grey photo crops with 2% grey Google emoji, and
+   the reverse; with `clean`, the clean grey photo crops too. The shape of
+   the small grey natural-image sets users audit, from data shipped here.
 
-`--tasks` picks among novel, style, injected, photo, clean, foreign (default: all).
+`--tasks` picks among novel, style, injected, photo, clean, foreign, grey (default: all).
 
 Methods. genaug: every `--families` x `--scores` (a score the installed
 genaug does not offer shows "n/a"); reference mode fits once per family
@@ -100,8 +104,10 @@ TASKS = {
     "photo": f"self-audit, {INJECT_SHARE:.0%} photo crops injected (and {INJECT_SHARE:.0%} emoji into photo crops)",
     "clean": "self-audit, nothing injected",
     "foreign": "photo crops among emoji and emoji among photo crops (reference mode)",
+    "grey": f"self-audit at 28x28 grey, {INJECT_SHARE:.0%} emoji among photo crops and the reverse",
 }
-SCORED_TASKS = ("novel", "style", "injected", "photo", "foreign")  # the tasks with outliers: summary means are over these
+SCORED_TASKS = ("novel", "style", "injected", "photo", "foreign", "grey")
+GREY_SIZE = 28  # the tasks with outliers: summary means are over these
 
 
 @dataclass
@@ -221,9 +227,21 @@ def audit_task(emoji: dict[str, Emoji], inlier: str, seed: int, share: float) ->
     return Task(name, direction, None, e.imageset(np.arange(n), f"{inlier}-audit", x), is_out)
 
 
-def photo_task(emoji: dict[str, Emoji], inlier: str, style: str, seed: int, share: float) -> Task:
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> uint8 [N, 1, GREY_SIZE, GREY_SIZE]: luminance, then an antialiased downscale."""
+    from torchvision.transforms.functional import rgb_to_grayscale
+
+    g = rgb_to_grayscale(x.float())
+    g = torch.nn.functional.interpolate(g, size=(GREY_SIZE, GREY_SIZE), mode="bilinear", antialias=True,
+                                        align_corners=False)  # fmt: skip
+    return g.round().clamp(0, 255).to(torch.uint8)
+
+
+def photo_task(emoji: dict[str, Emoji], inlier: str, style: str, seed: int, share: float,
+               in_grey: bool = False) -> Task:
     """Task 4 (and its clean set): emoji of `style` with `share` photo crops, or (`inlier` = PHOTO)
-    photo crops with `share` emoji of `style`; 0: the clean inlier set."""
+    photo crops with `share` emoji of `style`; 0: the clean inlier set. `in_grey`: task 7, the
+    same images in grey at GREY_SIZE."""
     e = emoji[style]
     n = len(e.y)
     photos = photo_crops(n, seed)
@@ -237,8 +255,10 @@ def photo_task(emoji: dict[str, Emoji], inlier: str, style: str, seed: int, shar
     shows_emoji = is_out if inlier == PHOTO else ~is_out
     y = np.where(shows_emoji, e.y, len(e.categories))
     other = PHOTO if inlier != PHOTO else style
-    name = "photo" if share else "clean"
+    name = ("grey" if in_grey else "photo") if share else "clean"
     direction = f"{inlier} + {other}" if share else inlier
+    if in_grey:
+        x, direction = grey(x), f"grey {direction}"
     return Task(name, direction, None, ImageSet(x, y, names, source=f"{inlier}-audit"), is_out)
 
 
@@ -278,10 +298,15 @@ def build_tasks(emoji: dict[str, Emoji], novel: list[int], seed: int, which: lis
                   photo_task(emoji, PHOTO, "google", seed, INJECT_SHARE)]
     if "foreign" in which:
         tasks += [foreign_task(emoji, "google", "google", seed), foreign_task(emoji, PHOTO, "google", seed)]
+    if "grey" in which:
+        tasks += [photo_task(emoji, "google", "google", seed, INJECT_SHARE, in_grey=True),
+                  photo_task(emoji, PHOTO, "google", seed, INJECT_SHARE, in_grey=True)]
     if "clean" in which:
         tasks += [audit_task(emoji, s, seed, 0.0) for s in STYLES]
         if "photo" in which:
             tasks.append(photo_task(emoji, PHOTO, "google", seed, 0.0))
+        if "grey" in which:
+            tasks.append(photo_task(emoji, PHOTO, "google", seed, 0.0, in_grey=True))
     return tasks
 
 
@@ -488,7 +513,7 @@ def task_table(runs: dict[str, list[dict]], clean: bool) -> list[dict]:
 
 
 def summary_table(results: dict, methods: list[str]) -> list[dict]:
-    """Mean AUROC per method over every scored direction (tasks 1-4 and 6), per task, and the clean share."""
+    """Mean AUROC per method over every scored direction (tasks 1-4, 6 and 7), per task, and the clean share."""
     table = []
     for method in methods:
         row: dict = {"method": method}
@@ -590,7 +615,7 @@ def main() -> None:
                 print(f"### {direction} ({fitted_on}{n_test} scored, {n_out} outliers)\n")
                 print_table(task_table(runs, clean=task == "clean"))
                 print()
-    print("## summary: mean AUROC over every direction of tasks 1-4 and 6; clean: mean share flagged\n")
+    print("## summary: mean AUROC over every direction of tasks 1-4, 6 and 7; clean: mean share flagged\n")
     print_table(summary_table(results, methods))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
