@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from genaug.errors import GenaugError
 from genaug.scoring.calibration import (
+    TAIL_TRIM,
     benjamini_hochberg,
     conformal_p_values,
     extended_conformal_p_values,
@@ -100,6 +101,38 @@ def test_self_audit_null_flags_almost_nothing_on_clean_scores(name):
     for seed in range(10):
         scores = SKEWED[name](np.random.default_rng(100 + seed), 2000)
         assert benjamini_hochberg(tail_p_values(scores), 0.05).mean() <= 0.005
+
+
+# Light-tailed scores whose 80-95% window is still flat: uniform, beta(2, 2), and a bounded bulk.
+FLAT_WINDOW = {
+    "uniform": lambda r, n: r.uniform(size=n),
+    "beta(2, 2)": lambda r, n: r.beta(2.0, 2.0, n),
+    "truncated normal": lambda r, n: np.clip(r.normal(size=n), -1.5, 1.5),
+}
+
+
+@pytest.mark.parametrize("name", [*SKEWED, *FLAT_WINDOW])
+def test_the_fitted_null_never_puts_more_beyond_the_window_than_the_data(name):
+    """The tail fit's share of the null beyond its window (p at the first score past the 95th
+    percentile) is at most the share of all scores there: the outliers only add to that share."""
+    draw = {**SKEWED, **FLAT_WINDOW}[name]
+    for seed in range(5):
+        scores, _ = _shifted(np.random.default_rng(seed), draw)
+        p = tail_p_values(scores)
+        cut = np.quantile(scores, 1 - TAIL_TRIM)
+        beyond = scores > cut
+        first = np.argmin(np.where(beyond, scores, np.inf))
+        assert p[first] <= beyond.mean() + 1e-12
+
+
+@pytest.mark.parametrize("name", FLAT_WINDOW)
+def test_self_audit_finds_outliers_beyond_a_light_tail(name):
+    """2% shifted points beyond light-tailed scores are all found: a truncated fit alone reads the
+    flat window as a long tail and flagged none of them on the uniform scores."""
+    for seed in range(5):
+        scores, k = _shifted(np.random.default_rng(seed), FLAT_WINDOW[name])
+        flags = benjamini_hochberg(tail_p_values(scores), 0.05)
+        assert flags[:k].all() and flags[k:].sum() <= 0.05 * k
 
 
 def test_tail_p_values_are_not_masked_by_outliers():

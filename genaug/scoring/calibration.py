@@ -48,6 +48,9 @@ TAIL_TRIM = 0.05
 _SHAPE_PRIOR_SD = 0.3
 # Fewest scores the tail window must hold; smaller data widens the window.
 _MIN_TAIL_POINTS = 20
+# The largest shape a tail fit held to a bound may take (infinite variance beyond 0.5; the prior makes
+# anything near this implausible).
+_MAX_SHAPE = 2.0
 # Reference mode extrapolates beyond the largest calibration score, and the
 # ~100 calibration scores of the fitted window cannot tell an exponential tail
 # from a moderately heavy one: an exponential extrapolation gave a lone odd
@@ -58,17 +61,22 @@ _MIN_TAIL_POINTS = 20
 REFERENCE_MIN_SHAPE = 0.1
 
 
-def tail_p_values(scores: np.ndarray, *, tail: float = TAIL_FRACTION, trim: float = TAIL_TRIM) -> np.ndarray:
+def tail_p_values(
+    scores: np.ndarray, *, tail: float = TAIL_FRACTION, trim: float = TAIL_TRIM, bounded: bool = True
+) -> np.ndarray:
     """One-sided p-values against a null estimated from the (contaminated) scores themselves.
 
     The bulk gets empirical tail fractions `#{s_j >= s_i} / n`. Above the
     `1 - tail` quantile `u`, the null tail is a generalised Pareto
     distribution (peaks over threshold) fitted by maximum likelihood to the
     exceedances below the `1 - trim` quantile only, as a truncated sample, so
-    the highest `trim` share (where outliers sit) has no say in the fit;
-    `p(s) = P(S > u) * GPD.sf(s - u)` there, extrapolating the natural tail.
-    The shape is kept >= 0 (an exponential or heavier tail): for light-tailed
-    scores that overstates the tail, so it errs towards fewer flags.
+    the highest `trim` share (where outliers sit) has no say in the fit but
+    one: the fitted tail may not put more of the null beyond the window than
+    the data have there (outliers only add to that share); a fit that would
+    is held to that bound. `p(s) = P(S > u) * GPD.sf(s - u)` there,
+    extrapolating the natural tail. The shape is kept >= 0 (an exponential or
+    heavier tail): for light-tailed scores that overstates the tail, so it
+    errs towards fewer flags.
 
     What holds: if the inliers' upper tail is (close to) generalised Pareto
     above `u` and at most `trim` of the images are outliers, the p-values of
@@ -93,7 +101,12 @@ def tail_p_values(scores: np.ndarray, *, tail: float = TAIL_FRACTION, trim: floa
     window = exceed[exceed <= cut - u]
     if window.size < 3 or not np.ptp(window) > 0:
         return p  # too few distinct tail scores to fit a tail: ranks only (flags nothing extreme)
-    shape, scale = fit_pareto_tail(window, cut - u)
+    # The null's share beyond the window is at most the data's (outliers only add to it). A window whose
+    # scores are still spread almost evenly (the bulk of a light-tailed score) makes the truncated fit
+    # alone extrapolate a tail heavier than the data above the window allow, and flag nothing.
+    # (`bounded=False`: the truncated fit alone, for benchmarks/self_audit_tail.py to compare.)
+    beyond = (exceed.size - window.size) / exceed.size if bounded else None
+    shape, scale = fit_pareto_tail(window, cut - u, max_sf=beyond)
     high = s > u
     p[high] = (exceed.size / n) * stats.genpareto.sf(s[high] - u, shape, scale=scale)
     return p
@@ -145,7 +158,7 @@ def extended_conformal_p_values(
 
 
 def fit_pareto_tail(
-    exceedances: np.ndarray, width: float | None = None, min_shape: float = 0.0
+    exceedances: np.ndarray, width: float | None = None, min_shape: float = 0.0, max_sf: float | None = None
 ) -> tuple[float, float]:
     """(shape, scale) of a generalised Pareto distribution fitted to `exceedances` (> 0) by maximum
     a posteriori, with a normal prior (sd `_SHAPE_PRIOR_SD`) on the shape, kept >= `min_shape`
@@ -153,6 +166,8 @@ def fit_pareto_tail(
 
     `width`: the exceedances are a sample truncated at `width` (larger ones
     were left out of the fit), so each density is divided by P(X <= width).
+    `max_sf` (with `width`): the fitted P(X > width) may not exceed it; a fit
+    that does is replaced by the best one on that bound (scale tied to shape).
     """
     from scipy import optimize
 
@@ -189,7 +204,26 @@ def fit_pareto_tail(
         log_scale = optimize.minimize_scalar(
             lambda t: neg_log_posterior(min_shape, t), bracket=(start - 1, start + 1)
         ).x
+    if max_sf is not None and width is not None and 0 < max_sf < 1 and _gpd_sf(width, shape, np.exp(log_scale)) > max_sf:
+        # On the bound each shape has one scale; the shape is the one the window likes best.
+        def on_bound(k: float) -> float:
+            return neg_log_posterior(k, np.log(_scale_for_sf(k, width, max_sf)))
+
+        result = optimize.minimize_scalar(on_bound, bounds=(min_shape, _MAX_SHAPE), method="bounded")
+        shape = result.x if result.fun <= on_bound(min_shape) else min_shape
+        log_scale = np.log(_scale_for_sf(shape, width, max_sf))
     return float(shape), float(np.exp(log_scale))
+
+
+def _gpd_sf(x: float, shape: float, scale: float) -> float:
+    """P(X > x) of a generalised Pareto distribution with shape >= 0."""
+    return float(np.exp(-x / scale)) if abs(shape) < 1e-9 else float((1.0 + shape * x / scale) ** (-1.0 / shape))
+
+
+def _scale_for_sf(shape: float, x: float, sf: float) -> float:
+    """The scale at which a generalised Pareto distribution of this shape (>= 0) has P(X > x) = sf."""
+    log_inverse = -np.log(sf)
+    return float(x / log_inverse if abs(shape) < 1e-9 else shape * x / np.expm1(shape * log_inverse))
 
 
 def top_fraction(scores: np.ndarray, contamination: float) -> np.ndarray:
