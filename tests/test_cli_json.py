@@ -29,7 +29,8 @@ def test_every_command_answers_in_json(capsys, files):
     assert code == 0 and doc["ok"] and doc["command"] == "fit" and doc["output"] == str(m) and doc["seconds"] >= 0
     code, doc = run(capsys, "detect-outliers", d, "--model-path", m, "-o", o, "-q")
     assert doc["command"] == "detect-outliers" and doc["n_images"] == 120 and "settings" in doc and doc["warnings"]
-    assert run(capsys, "info", "--models")[1]["models"][0]["family"]
+    models = {m["family"]: m for m in run(capsys, "info", "--models")[1]["models"]}
+    assert models["vae"]["auto"] == "llr" and models["pixelcnn++"]["auto"] == "complexity"
     assert run(capsys, "info", m)[1]["checkpoint"]["family"] == "vae"
     assert run(capsys, "info", o)[1]["dataset"]["n_images"] == 120
     assert run(capsys, "synthesize", "--model-path", m, "-n", 3, "-o", files / "s.parquet", "-q")[1]["n"] == 3

@@ -687,25 +687,28 @@ def info(
 def _info_models() -> list[dict]:
     """A table of the model families and what each can do (what the jobs check); returns its rows."""
     from genaug.models.registry import available_families, get_family
-    from genaug.scoring import available_scores
+    from genaug.scoring import available_scores, resolve_score
 
     table = Table(title="model families", title_justify="left")
     table.add_column("family", no_wrap=True)
-    for column in ("likelihood", "latent", "scores", "rebalance", "synthesize", "complete"):
+    for column in ("likelihood", "latent", "scores", "auto", "rebalance", "synthesize", "complete"):
         table.add_column(column)
     rows = []
     for name in available_families():
         try:
             cls = get_family(name)
         except GenaugError as e:  # a broken plug-in still lists, with why
-            table.add_row(name, "", "", f"unavailable: {e}", "", "", "")
+            table.add_row(name, "", "", f"unavailable: {e}", "", "", "", "")
             rows.append({"family": name, "error": str(e)})
             continue
         caps = cls.capabilities()
-        row = {"family": name, "likelihood": cls.likelihood, "latent": cls.latent, "scores": available_scores(cls),
+        scores = available_scores(cls)
+        # `auto` before training (self-audit; `genaug fit`'s default checkpoint for vae makes it llr + knn).
+        row = {"family": name, "likelihood": cls.likelihood, "latent": cls.latent, "scores": scores,
+               "auto": resolve_score("auto", cls) if scores else None,
                "rebalance": "features" in caps, "synthesize": "sample" in caps, "complete": "complete" in caps}
         rows.append(row)
-        table.add_row(name, cls.likelihood, cls.latent, ", ".join(row["scores"]) or "none",
+        table.add_row(name, cls.likelihood, cls.latent, ", ".join(scores) or "none", row["auto"] or "",
                       *("yes" if row[k] else "no" for k in ("rebalance", "synthesize", "complete")))  # fmt: skip
     out.print(table)
     return rows
