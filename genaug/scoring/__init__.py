@@ -50,7 +50,7 @@ FALLBACK_SCORE = "complexity"
 # models fit photo crops worse than the models themselves do, so llr ranks photo crops among Google emoji
 # *below* the emoji (AUROC 0.31 PixelCNN, 0.02 PixelCNN++, where nll reaches 0.98 and 0.91); over
 # bench_ood's 12 directions llr is the worst score of both families, and complexity the best single one
-# of PixelCNN++, within 0.04 of the best of PixelCNN, and never below 0.5 where another score passes 0.8
+# of PixelCNN++, 0.022 behind the best of PixelCNN, and never below 0.5 where another score passes 0.8
 # (benchmarks/README.md, "Exact-likelihood families in bench_ood"). The gated PixelCNN agreed on the style task.
 EXACT_DEFAULT = FALLBACK_SCORE
 ENSEMBLE = "ensemble"

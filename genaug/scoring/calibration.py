@@ -204,7 +204,8 @@ def fit_pareto_tail(
         log_scale = optimize.minimize_scalar(
             lambda t: neg_log_posterior(min_shape, t), bracket=(start - 1, start + 1)
         ).x
-    if max_sf is not None and width is not None and 0 < max_sf < 1 and _gpd_sf(width, shape, np.exp(log_scale)) > max_sf:
+    bounded = max_sf is not None and width is not None and 0 < max_sf < 1
+    if bounded and _gpd_sf(width, shape, np.exp(log_scale)) > max_sf:
         # On the bound each shape has one scale; the shape is the one the window likes best.
         def on_bound(k: float) -> float:
             return neg_log_posterior(k, np.log(_scale_for_sf(k, width, max_sf)))
