@@ -169,7 +169,7 @@ def fit_pareto_tail(
     `max_sf` (with `width`): the fitted P(X > width) may not exceed it; a fit
     that does is replaced by the best one on that bound (scale tied to shape).
     """
-    from scipy import optimize
+    from scipy import optimize, stats
 
     window = np.asarray(exceedances, dtype=np.float64)
 
@@ -205,7 +205,7 @@ def fit_pareto_tail(
             lambda t: neg_log_posterior(min_shape, t), bracket=(start - 1, start + 1)
         ).x
     bounded = max_sf is not None and width is not None and 0 < max_sf < 1
-    if bounded and _gpd_sf(width, shape, np.exp(log_scale)) > max_sf:
+    if bounded and stats.genpareto.sf(width, shape, scale=np.exp(log_scale)) > max_sf:
         # On the bound each shape has one scale; the shape is the one the window likes best.
         def on_bound(k: float) -> float:
             return neg_log_posterior(k, np.log(_scale_for_sf(k, width, max_sf)))
@@ -214,11 +214,6 @@ def fit_pareto_tail(
         shape = result.x if result.fun <= on_bound(min_shape) else min_shape
         log_scale = np.log(_scale_for_sf(shape, width, max_sf))
     return float(shape), float(np.exp(log_scale))
-
-
-def _gpd_sf(x: float, shape: float, scale: float) -> float:
-    """P(X > x) of a generalised Pareto distribution with shape >= 0."""
-    return float(np.exp(-x / scale)) if abs(shape) < 1e-9 else float((1.0 + shape * x / scale) ** (-1.0 / shape))
 
 
 def _scale_for_sf(shape: float, x: float, sf: float) -> float:
