@@ -106,8 +106,8 @@ TASKS = {
     "foreign": "photo crops among emoji and emoji among photo crops (reference mode)",
     "grey": f"self-audit at 28x28 grey, {INJECT_SHARE:.0%} emoji among photo crops and the reverse",
 }
-SCORED_TASKS = ("novel", "style", "injected", "photo", "foreign", "grey")
-GREY_SIZE = 28  # the tasks with outliers: summary means are over these
+SCORED_TASKS = ("novel", "style", "injected", "photo", "foreign", "grey")  # the tasks with outliers: summary means
+GREY_SIZE = 28  # side of task 7's grey images
 
 
 @dataclass
