@@ -78,6 +78,11 @@ def setup(device: torch.device) -> torch.device:
     if not dist.is_available():
         raise GenaugError("torchrun started several processes but this torch build has no torch.distributed")
     if not dist.is_initialized():
+        # torch.distributed.nn.functional binds `group=group.WORLD` as its functions' defaults when
+        # first imported, and the first optimiser imports it (through torch._dynamo). Imported after
+        # the group exists, it would keep the group alive past destroy_process_group: gloo's worker
+        # threads then free their last work during interpreter shutdown and abort the process.
+        import torch.distributed.nn.functional  # noqa: F401 - imported for its side effect, before the group
         backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
         try:
             dist.init_process_group(backend=backend)

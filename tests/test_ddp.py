@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,9 @@ def test_two_processes_train_one_model_from_sharded_batches_and_take_every_branc
     assert r0["write_error"].startswith("cannot write checkpoint")
     assert r1["write_error"].startswith("writing checkpoint") and "failed on rank 0" in r1["write_error"]
 
+    # Training left nothing holding the process group: it was freed when destroyed, on both ranks.
+    assert r0["group_freed"] and r1["group_freed"]
+
     # A deterministic loss: the two-process model is the one-process model, up to summation order.
     assert r0["pixelcnn"] == r1["pixelcnn"]
     ddp = load_model(tmp_path / "pixelcnn.safetensors").state_dict()
@@ -232,6 +236,12 @@ def worker(out: Path) -> None:
         save_model(vae, out / "vae.safetensors" / "inside-a-file.safetensors")
     except GenaugError as e:
         result["write_error"] = str(e)
+
+    # The group must die with destroy_process_group: one kept alive (by a module imported after
+    # it was made) keeps gloo's threads running into interpreter shutdown, which can abort the process.
+    group = weakref.ref(torch.distributed.group.WORLD)
+    torch.distributed.destroy_process_group()
+    result["group_freed"] = group() is None
     print("DDP-RESULT " + json.dumps(result), flush=True)
 
 
