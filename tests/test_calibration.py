@@ -135,6 +135,16 @@ def test_self_audit_finds_outliers_beyond_a_light_tail(name):
         assert flags[:k].all() and flags[k:].sum() <= 0.05 * k
 
 
+def test_a_shape_floor_below_zero_fits_a_bounded_score_with_an_end_point():
+    """Uniform scores have an end point: with shapes below 0 allowed (a rule benchmarks/self_audit_tail.py
+    compares), the fitted tail ends, and a score far beyond it gets p 0; genaug's fit (shape >= 0)
+    never ends, so every score keeps a p-value above 0."""
+    scores = np.append(np.random.default_rng(0).uniform(size=3000), 3.0)
+    light, default = tail_p_values(scores, min_shape=-0.5), tail_p_values(scores)
+    assert light[-1] == 0 and default[-1] > 0
+    assert np.all((light >= 0) & (light <= 1))
+
+
 def test_tail_p_values_are_not_masked_by_outliers():
     rng = np.random.default_rng(3)
     scores = np.concatenate([rng.normal(size=970), np.full(30, 50.0)])

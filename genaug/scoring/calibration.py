@@ -62,7 +62,12 @@ REFERENCE_MIN_SHAPE = 0.1
 
 
 def tail_p_values(
-    scores: np.ndarray, *, tail: float = TAIL_FRACTION, trim: float = TAIL_TRIM, bounded: bool = True
+    scores: np.ndarray,
+    *,
+    tail: float = TAIL_FRACTION,
+    trim: float = TAIL_TRIM,
+    bounded: bool = True,
+    min_shape: float = 0.0,
 ) -> np.ndarray:
     """One-sided p-values against a null estimated from the (contaminated) scores themselves.
 
@@ -76,7 +81,9 @@ def tail_p_values(
     is held to that bound. `p(s) = P(S > u) * GPD.sf(s - u)` there,
     extrapolating the natural tail. The shape is kept >= 0 (an exponential or
     heavier tail): for light-tailed scores that overstates the tail, so it
-    errs towards fewer flags.
+    errs towards fewer flags. (`min_shape` below 0 admits lighter tails with
+    an end point, beyond which p is 0; `bounded=False` drops the bound; both
+    for benchmarks/self_audit_tail.py to compare, not for use.)
 
     What holds: if the inliers' upper tail is (close to) generalised Pareto
     above `u` and at most `trim` of the images are outliers, the p-values of
@@ -104,9 +111,8 @@ def tail_p_values(
     # The null's share beyond the window is at most the data's (outliers only add to it). A window whose
     # scores are still spread almost evenly (the bulk of a light-tailed score) makes the truncated fit
     # alone extrapolate a tail heavier than the data above the window allow, and flag nothing.
-    # (`bounded=False`: the truncated fit alone, for benchmarks/self_audit_tail.py to compare.)
     beyond = (exceed.size - window.size) / exceed.size if bounded else None
-    shape, scale = fit_pareto_tail(window, cut - u, max_sf=beyond)
+    shape, scale = fit_pareto_tail(window, cut - u, min_shape=min_shape, max_sf=beyond)
     high = s > u
     p[high] = (exceed.size / n) * stats.genpareto.sf(s[high] - u, shape, scale=scale)
     return p
@@ -217,7 +223,7 @@ def fit_pareto_tail(
 
 
 def _scale_for_sf(shape: float, x: float, sf: float) -> float:
-    """The scale at which a generalised Pareto distribution of this shape (>= 0) has P(X > x) = sf."""
+    """The scale at which a generalised Pareto distribution of this shape has P(X > x) = sf."""
     log_inverse = -np.log(sf)
     return float(x / log_inverse if abs(shape) < 1e-9 else shape * x / np.expm1(shape * log_inverse))
 
