@@ -485,7 +485,10 @@ def cross_fit_scores(
         raise GenaugError(f"--folds must be at least 2, got {folds}")
     n = len(data)
     if n < 2 * folds:
-        raise GenaugError(f"{n} images are too few for {folds}-fold self-audit")
+        raise GenaugError(
+            f"{n} image{'s are' if n != 1 else ' is'} too few for {folds}-fold self-audit (it needs at least "
+            f"{2 * folds}); score them against a model fitted on other data (--model-path)"
+        )
     config = train_config or TrainConfig()
     if config.trim_fraction is None:
         config = replace(config, trim_fraction=SELF_AUDIT_TRIM)

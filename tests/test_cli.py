@@ -69,7 +69,9 @@ def _bad_inputs(tmp_path):
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(mixed / "b.png")
     pickle = tmp_path / "model.safetensors"
     torch.save({"w": torch.zeros(2)}, pickle)
+    np.savez(tmp_path / "three.npz", x=np.zeros((3, 8, 8), np.uint8))
     return {
+        "too few to self-audit": ["detect-outliers", tmp_path / "three.npz"],
         "missing file": ["detect-outliers", tmp_path / "nope.npz"],
         "empty folder": ["detect-outliers", tmp_path / "empty"],
         "corrupt image": ["detect-outliers", tmp_path / "corrupt"],

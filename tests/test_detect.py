@@ -134,6 +134,10 @@ def test_bad_settings_are_clear_errors(reference_model, digits):
     for share in (-0.1, 0.5):
         with pytest.raises(GenaugError, match="--refit must be at least 0 and below 0.5"):
             genaug.detect_outliers(data, refit=share)
+    with pytest.raises(GenaugError, match=r"^1 image is too few for 2-fold self-audit \(it needs at least 4\)"):
+        genaug.detect_outliers(digits.subset(np.arange(1)), folds=2)
+    with pytest.raises(GenaugError, match=r"^7 images are too few for 4-fold self-audit \(it needs at least 8\)"):
+        genaug.detect_outliers(digits.subset(np.arange(7)), folds=4)
     uncalibrated = genaug.fit(digits.subset(np.arange(50)), train_config=TrainConfig(epochs=1, progress=False))
     uncalibrated.metadata.pop("calibration")
     with pytest.raises(GenaugError, match="calibration"):
