@@ -186,3 +186,14 @@ def test_self_audit_second_round_never_trains_on_the_first_rounds_top_scores(mon
     rounds.clear()
     one = genaug.detect_outliers(data, score="nll", train_config=TrainConfig(epochs=1, progress=False))
     assert len(rounds) == 1 and one.settings["refit"] == 0  # one round unless asked
+
+
+def test_the_bh_resolution_warning_says_when_no_image_can_be_flagged():
+    from genaug.detect import bh_resolution_warning
+
+    # 8 calibration scores: the smallest p-value is 1/9, and BH at 0.05 over 40 images needs 89 of them.
+    (never,) = bh_resolution_warning(8, 40, 0.05)
+    assert "cannot flag any of these 40 images (it needs at least 89 extreme ones)" in never
+    (rarely,) = bh_resolution_warning(750, 1797, 0.01)
+    assert "flags nothing unless at least 240 (13.4%) of these 1797 images are extreme" in rarely
+    assert bh_resolution_warning(5000, 1000, 0.05) == []
