@@ -451,15 +451,13 @@ def bh_resolution_warning(n_calibration: int, n_test: int, fdr: float) -> list[s
     k_min = int(np.ceil(n_test / (fdr * (n_calibration + 1)) - 1e-9))
     if k_min <= max(1, 0.01 * n_test):
         return []
-    advice = "fit on more data or raise --calibration-fraction"
     if k_min > n_test:  # not even every image scoring beyond every calibration score would do
-        return [
-            f"only {n_calibration} calibration scores: BH at fdr {fdr} cannot flag any of these {n_test} images "
-            f"(it needs at least {k_min} extreme ones); {advice}"
-        ]
+        reach = f"cannot flag any of these {n_test} images (it needs at least {k_min} extreme ones)"
+    else:
+        reach = f"flags nothing unless at least {k_min} ({k_min / n_test:.1%}) of these {n_test} images are extreme"
     return [
-        f"only {n_calibration} calibration scores: BH at fdr {fdr} flags nothing unless at least {k_min} "
-        f"({k_min / n_test:.1%}) of these {n_test} images are extreme; {advice}"
+        f"only {n_calibration} calibration scores: BH at fdr {fdr} {reach}; "
+        "fit on more data or raise --calibration-fraction"
     ]
 
 
