@@ -5,6 +5,12 @@
 #   bash benchmarks/gpu_session.sh                      # torchrun/NCCL check + bench_ood for both exact families
 #   SKIP_DDP=1 FAMS=pixelcnn++ bash benchmarks/gpu_session.sh
 #
+# The next GPU measurement for issue #9 (the exact families trained longer, self-audit flags under
+# the tail bound; no llr, which fails these families; sized to end within 8 minutes):
+#
+#   SKIP_DDP=1 TASKSETS="photo clean injected foreign" EPOCHS=150 MINUTES=0.9 LIMIT=470 \
+#     EXTRA="--scores nll complexity typicality ensemble auto" bash benchmarks/gpu_session.sh
+#
 # EMOJI_DIR (default .dev) holds emoji-google-32.npz and emoji-twitter-32.npz, copied into an ignored
 # folder of the checkout that travels with the call; WHEELS (default .whl) PyOD's wheel where the GPU
 # machine lacks PyOD (`pip download --no-deps pyod==VERSION -d .whl`). Results: $OUT/res.tgz (every
