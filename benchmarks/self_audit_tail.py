@@ -4,7 +4,7 @@
         --save-scores scores.npz
     python benchmarks/self_audit_tail.py scores.npz [more.npz ...] [--fdr 0.05]
     python benchmarks/self_audit_tail.py scores.npz --rules bounded "tail 0.1" "shape >= -0.2" \
-        --combine llr typicality
+        --combine llr typicality --intersect llr complexity
 
 For every self-audit set and score saved (keys without calibration scores),
 BH at `--fdr` over `genaug.scoring.calibration.tail_p_values` as genaug runs
@@ -16,7 +16,9 @@ pools every set with outliers per score: mean precision (nothing flagged
 counts as 1, as realised FDR 0), mean recall, and the clean sets' mean share
 flagged. `--rules` puts other null fits beside them (another tail window
 or trim, or shapes below 0: lighter tails with an end point), and
-`--combine` flags by the Bonferroni min-p of several scores of one model.
+`--combine` flags by the Bonferroni min-p of several scores of one model,
+`--intersect` by their max-p (an image flagged only where every score finds
+it extreme: the intersection-union test, valid without a correction).
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def main() -> None:
     parser.add_argument("--combine", nargs="+", action="append", default=[], metavar="SCORE",
                         help="also flag by the min-p (Bonferroni) of these scores' p-values, on sets that saved "
                              "them all (repeat for several combinations; e.g. --combine llr typicality)")
+    parser.add_argument("--intersect", nargs="+", action="append", default=[], metavar="SCORE",
+                        help="also flag by the max-p of these scores' p-values: every one must find the image "
+                             "extreme (repeat for several; e.g. --intersect llr complexity)")
     args = parser.parse_args()
     rules = {name: RULES[name] for name in args.rules}
     saved = load_saved_scores(args.scores)
@@ -67,16 +72,19 @@ def main() -> None:
     rows, pooled = [], defaultdict(lambda: defaultdict(list))
     for (seed, task, direction, family), scores in sets.items():
         is_out = saved[f"{seed}|{task}|{direction}|is_out"].astype(bool)
-        methods = {name: [name] for name in scores}
-        methods.update({"min-p " + "+".join(c): c for c in args.combine if all(name in scores for name in c)})
-        for method, names in methods.items():
+        methods = {name: ("min", [name]) for name in scores}
+        for how, groups in (("min", args.combine), ("max", args.intersect)):
+            methods.update({f"{how}-p " + "+".join(c): (how, c) for c in groups if all(n in scores for n in c)})
+        for method, (how, names) in methods.items():
             first = scores[names[0]]
             auroc = roc_auc_score(is_out, first) if is_out.any() and len(names) == 1 else "-"
             method = f"{family}/{method}" if family else method
             row = {"set": f"{task}: {direction}", "seed": seed, "score": method, "AUROC": auroc}
             for rule, options in rules.items():
-                p = np.min([tail_p_values(scores[name], **options) for name in names], axis=0)
-                flags = benjamini_hochberg(np.minimum(1.0, len(names) * p), args.fdr)
+                p = [tail_p_values(scores[name], **options) for name in names]
+                # min-p: Bonferroni over the scores; max-p needs no correction (each p is valid alone).
+                p = np.minimum(1.0, len(names) * np.min(p, axis=0)) if how == "min" else np.max(p, axis=0)
+                flags = benjamini_hochberg(p, args.fdr)
                 n, hits = int(flags.sum()), int((flags & is_out).sum())
                 if is_out.any():
                     precision = hits / n if n else 1.0
