@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     rules = {name: RULES[name] for name in args.rules}
     saved = load_saved_scores(args.scores)
-    # Per set and model (a PyOD detector has no "/"): its scores by name, which --combine names.
+    # Per set and model (a PyOD detector has no "/"): its scores by name, which --combine and --intersect name.
     sets: dict[tuple[str, str, str, str], dict[str, np.ndarray]] = defaultdict(dict)
     for key in sorted(k for k in saved if k.endswith("|scored")):
         seed, task, direction, method, _ = key.split("|")
